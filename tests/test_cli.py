@@ -1,0 +1,103 @@
+"""The onnx-de command, run as a user runs it: a real process, real files, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_de
+
+from helpers import IR_VERSION, OPSET
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnx_de", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "ONNX_DE_DEBUG": ""}, timeout=600)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, expected: str) -> None:
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("onnx-de: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_zoo_list_shows_the_six_models():
+    done = cli("zoo", "list", "--json")
+    assert done.returncode == 0
+    assert len(json.loads(done.stdout)) == 6
+
+
+def test_inspect_table_and_json():
+    table = cli("inspect", "zoo:mnist-lenet5")
+    assert table.returncode == 0 and "conv2.weight  Conv  50x20x5x5" in table.stdout
+    summary = json.loads(cli("inspect", "zoo:mnist-mlp", "--json", "--min-size", "2000").stdout)
+    assert [w["name"] for w in summary["weights"] if w["prunable"]] == ["fc1.weight", "fc2.weight"]
+    assert summary["prunable_parameters"] == 300 * 784 + 100 * 300
+
+
+def test_eval_of_a_model_against_itself_is_perfect_with_stable_keys():
+    done = cli("eval", "zoo:mnist-mlp", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert {"top1_agreement", "accuracy", "kl", "rel_l2", "cosine", "metric", "primary"} <= set(result)
+    assert (result["top1_agreement"], result["rel_l2"], result["kl"]) == (1.0, 0.0, 0.0)
+
+
+def test_demo_writes_its_outputs(tmp_path):
+    done = cli("demo", "-o", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr
+    assert "teacher accuracy" in done.stdout
+    evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
+    assert evaluation["teacher_accuracy"] > 0.9
+    assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "notes.onnx").write_text("hello, I am a text file\n")
+    (folder / "truncated.onnx").write_bytes(onnx_de.zoo_path("mnist-lenet5").read_bytes()[:20000])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION), str(folder / "relu.onnx"))
+    np.savez(folder / "shape.npz", input=np.zeros((3, 28, 28), np.float32))
+    np.savez(folder / "dtype.npz", input=np.zeros((3, 784), np.float64))
+    nan = np.zeros((3, 784), np.float32)
+    nan[1, 5] = np.nan
+    np.savez(folder / "nan.npz", input=nan)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("inspect", "{bad}/notes.onnx"), "not a readable ONNX model"),
+        (("inspect", "{bad}/truncated.onnx"), "not a readable ONNX model"),
+        (("inspect", "{bad}/missing.onnx"), "no such file"),
+        (("inspect", "{bad}/relu.onnx"), "nothing to prune"),
+        (("inspect", "zoo:mnist-mlp", "--include", "re:conv.*"), "matches no weight"),
+        (("eval", "zoo:mnist-mlp", "zoo:mnist-mlp", "--data", "{bad}/shape.npz"), "the model wants 784"),
+        (("eval", "zoo:mnist-mlp", "zoo:mnist-mlp", "--data", "{bad}/dtype.npz"), "dtype float64"),
+        (("eval", "zoo:mnist-mlp", "zoo:mnist-mlp", "--data", "{bad}/nan.npz"), "1 NaN"),
+        (("eval", "zoo:mnist-mlp", "zoo:mnist-lenet5", "--data", "zoo:mnist-mlp"), "differ from the teacher"),
+        (("eval", "zoo:mnist-mlp", "zoo:mnist-mlp", "--data", "{bad}"), "needs a preprocessing spec"),
+        (("zoo", "path", "yolov3"), "no zoo model 'yolov3'"),
+    ],
+)
+def test_bad_inputs_get_one_line_errors(bad_inputs, args, expected):
+    assert_one_line_error(cli(*(a.format(bad=bad_inputs) for a in args)), expected)
+
+
+def test_usage_errors_exit_2():
+    done = cli("eval", "a.onnx")
+    assert done.returncode == 2 and "Traceback" not in done.stderr

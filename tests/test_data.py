@@ -1,0 +1,81 @@
+"""Data loading and validation: .npz files, image folders, zoo splits, and every kind of bad data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnx_de import ConfigError, DataError, Preprocess, load_data
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_with_labels_loads(tmp_path, mlp):
+    x = np.random.default_rng(0).random((5, 784), dtype=np.float32)
+    data = load_data(write_npz(tmp_path / "d.npz", input=x, labels=np.arange(5)), mlp)
+    assert len(data) == 5 and data.labels.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(data.inputs["input"], x)
+    assert len(load_data(tmp_path / "d.npz", mlp, limit=2)) == 2
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"pixels": np.zeros((4, 784), np.float32)}, "missing input.*input.*unknown key.*pixels"),
+        ({"input": np.zeros((4, 28, 28), np.float32)}, "samples shaped 28x28, the model wants 784"),
+        ({"input": np.zeros((4, 784), np.float64)}, "dtype float64, the model wants float32"),
+        ({"input": np.zeros((0, 784), np.float32)}, "empty"),
+        ({"input": np.full((4, 784), np.nan, np.float32)}, "3136 NaN or infinite"),
+        ({"input": np.zeros((4, 784), np.float32), "labels": np.zeros(3, np.int64)}, "one integer per sample"),
+    ],
+)
+def test_bad_npz_data_is_rejected_with_a_reason(tmp_path, mlp, arrays, message):
+    with pytest.raises(DataError, match=message):
+        load_data(write_npz(tmp_path / "bad.npz", **arrays), mlp)
+
+
+def test_unreadable_and_missing_data(tmp_path, mlp):
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_data(tmp_path / "junk.npz", mlp)
+    with pytest.raises(DataError, match="no such file"):
+        load_data(tmp_path / "nothing.npz", mlp)
+    with pytest.raises(ConfigError, match="split"):
+        load_data("zoo:mnist-mlp", mlp, split="train")
+
+
+def test_zoo_splits_are_disjoint_and_labelled(mlp):
+    calibration = load_data("zoo:mnist-mlp", mlp, split="calibration")
+    evaluation = load_data("zoo:mnist-mlp", mlp, split="evaluation")
+    assert (len(calibration), len(evaluation)) == (512, 1000)
+    assert calibration.inputs["input"].dtype == np.float32 and evaluation.labels is not None
+    seen = {row.tobytes() for row in calibration.inputs["input"]}
+    assert sum(row.tobytes() in seen for row in evaluation.inputs["input"]) == 0
+
+
+def test_image_folder_with_preprocessing_and_class_subfolders(tmp_path, lenet):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    spec = Preprocess.parse("size=28x28,color=gray,scale=255")
+    data = load_data(tmp_path, lenet, preprocess=spec)
+    assert data.inputs["input"].shape == (6, 1, 28, 28) and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert 0.0 <= data.inputs["input"].min() and data.inputs["input"].max() <= 1.0
+    with pytest.raises(DataError, match="preprocessing spec"):
+        load_data(tmp_path, lenet)
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="cannot read image"):
+        load_data(tmp_path, lenet, preprocess=spec)
+
+
+@pytest.mark.parametrize("spec", ["color=rgb", "size=0x4", "size=8,color=cmyk", "size=8,mean", "size=8,speed=3"])
+def test_bad_preprocess_specs(spec):
+    with pytest.raises(ConfigError):
+        Preprocess.parse(spec)
