@@ -1,15 +1,17 @@
 """onnx-de: make exported ONNX models many times smaller while they keep behaving like the original.
 
 The public API: load a model and find its prunable weights, load calibration and evaluation data, run
-teacher and student in ONNX Runtime and measure fidelity, and reach the zoo of real models.
+teacher and student in ONNX Runtime and measure fidelity, sparsify by Directed Evolution, and reach the zoo.
 """
 
 from .data import Dataset, Preprocess, load_data
 from .errors import ConfigError, DataError, ModelError, OnnxDeError, ZooError
 from .evaluate import evaluate
+from .evolution import SearchConfig
 from .metrics import MetricSpec, fidelity
 from .model import Model, TensorSpec, WeightInfo, WeightSelection, load_model
 from .runtime import create_session, run_model
+from .sparsify import SparsifyResult, sparsify
 from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
 
 __version__ = "0.1.0"
@@ -23,6 +25,8 @@ __all__ = [
     "ModelError",
     "OnnxDeError",
     "Preprocess",
+    "SearchConfig",
+    "SparsifyResult",
     "TensorSpec",
     "WeightInfo",
     "WeightSelection",
@@ -36,6 +40,7 @@ __all__ = [
     "load_model",
     "open_model",
     "run_model",
+    "sparsify",
     "zoo_entries",
     "zoo_entry",
     "zoo_path",

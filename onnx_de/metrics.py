@@ -26,6 +26,8 @@ __all__ = [
     "top1_agreement",
     "accuracy",
     "kl_divergence",
+    "kl_from_log_probs",
+    "log_probabilities",
     "mask_iou",
     "detection_scores",
     "rel_l2",
@@ -135,8 +137,17 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
 
 def kl_divergence(teacher: np.ndarray, student: np.ndarray) -> float:
     """Mean over samples of KL(teacher || student) in nats; outputs may be logits or probabilities."""
-    log_t, log_s = _log_probs(_flat_classes(teacher)), _log_probs(_flat_classes(student))
-    return float(np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=1)))
+    return kl_from_log_probs(log_probabilities(teacher), log_probabilities(student))
+
+
+def kl_from_log_probs(log_teacher: np.ndarray, log_student: np.ndarray) -> float:
+    """Mean over rows of KL(teacher || student) from log-probabilities."""
+    return float(np.mean(np.sum(np.exp(log_teacher) * (log_teacher - log_student), axis=1)))
+
+
+def log_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """Per-sample log-probabilities (float64, flattened) of class logits or probabilities."""
+    return _log_probs(_flat_classes(outputs))
 
 
 def _flat_classes(outputs: np.ndarray) -> np.ndarray:

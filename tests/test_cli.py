@@ -55,9 +55,10 @@ def test_eval_of_a_model_against_itself_is_perfect_with_stable_keys():
 def test_demo_writes_its_outputs(tmp_path):
     done = cli("demo", "-o", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
-    assert "teacher accuracy" in done.stdout
-    evaluation = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
-    assert evaluation["teacher_accuracy"] > 0.9
+    assert "top-1 agreement" in done.stdout
+    result = json.loads((tmp_path / "demo" / "sparsify.json").read_text())
+    assert result["sparsity"] == pytest.approx(0.9, abs=1e-5) and result["fidelity"]["top1_agreement"] >= 0.98
+    assert onnx_de.evaluate("zoo:mnist-mlp", tmp_path / "demo" / "sparse.onnx", "zoo:mnist-mlp")["top1_agreement"] >= 0.98
     assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 

@@ -1,0 +1,207 @@
+"""Layer inputs, saliency priors, and least-squares compensation of surviving weights.
+
+Compensation refits, per output channel, the surviving weights of a layer by ridge regression so that its
+pre-activation on the student's own inputs matches the teacher's pre-activation on the teacher's inputs:
+``min ||X_s[:, S] w_S - X_t w_t||^2 + lambda ||w_S||^2``. Layers are refit in graph order, each on inputs
+captured from the already-refit student, so errors do not accumulate. Zeroed weights stay exactly zero, and a
+layer whose refit does not lower the Scorer's divergence is put back as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .data import Dataset
+from .model import Model, WeightInfo
+from .runtime import create_session
+from .scoring import Scorer, promote_weights
+
+__all__ = ["LayerProbe", "saliency", "compensate"]
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 16384  # rows (samples x positions) of the regression, subsampled beyond this
+
+
+@dataclass(frozen=True)
+class _Layer:
+    weight: WeightInfo
+    node: onnx.NodeProto
+    input_name: str
+    order: int
+
+
+class LayerProbe:
+    """Captures the input activations of the nodes that consume prunable weights, for teacher or student.
+
+    One session on the model with its prunable weights promoted to inputs and every layer input exposed
+    as an extra output; ``capture`` asks ONNX Runtime for just the outputs it needs.
+    """
+
+    def __init__(self, model: Model, weights: list[WeightInfo], data: Dataset,
+                 intra_op_threads: int | None = None) -> None:
+        self.layers = _find_layers(model, weights)
+        names = [w.name for w in weights]
+        proto = promote_weights(model.proto, names)
+        existing = {o.name for o in proto.graph.output}
+        for layer in self.layers.values():
+            if layer.input_name not in existing:
+                proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(layer.input_name))
+                existing.add(layer.input_name)
+        probe = Model(proto, model.source, model.inputs, model.outputs, [])
+        self.session = create_session(probe, intra_op_threads=intra_op_threads)
+        self.data = data
+        self.teacher = {n: np.array(model.initializer(n)) for n in names}
+
+    def capture(self, name: str, weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The input of weight ``name``'s node over the data (teacher weights unless ``weights`` given)."""
+        feed_weights = weights or self.teacher
+        fixed = self.session.get_inputs()[0].shape[0]
+        size = fixed if isinstance(fixed, int) and fixed > 0 else len(self.data)
+        chunks = []
+        for start in range(0, len(self.data), size):
+            feed = {k: v[start : start + size] for k, v in self.data.inputs.items()}
+            feed.update(feed_weights)
+            chunks.append(self.session.run([self.layers[name].input_name], feed)[0])
+        return np.concatenate(chunks, axis=0)
+
+
+def _find_layers(model: Model, weights: list[WeightInfo]) -> dict[str, _Layer]:
+    wanted = {w.name: w for w in weights}
+    layers = {}
+    for order, node in enumerate(model.proto.graph.node):
+        for position, name in enumerate(node.input):
+            if name in wanted and name not in layers:
+                other = node.input[1 - position] if node.op_type in ("MatMul", "Gemm") and position < 2 else node.input[0]
+                layers[name] = _Layer(wanted[name], node, other, order)
+    return layers
+
+
+def _design(layer: _Layer, x: np.ndarray, rows: np.ndarray | None) -> list[tuple[np.ndarray, slice]]:
+    """Regression inputs per group: (matrix M x d, slice of output channels), for the layer's op."""
+    op, attrs = layer.node.op_type, {a.name: onnx.helper.get_attribute_value(a) for a in layer.node.attribute}
+    if op in ("Gemm", "MatMul"):
+        if op == "Gemm" and attrs.get("transA", 0):
+            x = x.T
+        matrix = x.reshape(-1, x.shape[-1])
+        return [(matrix if rows is None else matrix[rows % len(matrix)], slice(None))]
+    group = int(attrs.get("group", 1))
+    kh, kw = layer.weight.shape[2:]
+    strides = attrs.get("strides", [1, 1])
+    dilations = attrs.get("dilations", [1, 1])
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    span = (dilations[0] * (kh - 1) + 1, dilations[1] * (kw - 1) + 1)
+    windows = sliding_window_view(padded, span, axis=(2, 3))[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
+    n, _, out_h, out_w = windows.shape[:4]
+    total = n * out_h * out_w
+    flat = np.arange(total) if rows is None else rows % total
+    sample, rest = np.divmod(flat, out_h * out_w)
+    h, w = np.divmod(rest, out_w)
+    patches = windows[sample, :, h, w]  # (M, C, kh, kw)
+    per_group_in = patches.shape[1] // group
+    per_group_out = layer.weight.shape[0] // group
+    return [
+        (patches[:, g * per_group_in : (g + 1) * per_group_in].reshape(len(flat), -1),
+         slice(g * per_group_out, (g + 1) * per_group_out))
+        for g in range(group)
+    ]
+
+
+def _rows_matrix(layer: _Layer, weight: np.ndarray) -> np.ndarray:
+    """The weight as (output channels, fan-in), matching :func:`_design`'s columns."""
+    op = layer.node.op_type
+    if op == "Conv":
+        return weight.reshape(weight.shape[0], -1)
+    if op == "Gemm":
+        trans_b = any(a.name == "transB" and a.i for a in layer.node.attribute)
+        return weight if trans_b else weight.T
+    return weight.T  # MatMul: (in, out)
+
+
+def _from_rows(layer: _Layer, rows: np.ndarray, shape: tuple) -> np.ndarray:
+    op = layer.node.op_type
+    if op == "Conv":
+        return rows.reshape(shape)
+    if op == "Gemm" and any(a.name == "transB" and a.i for a in layer.node.attribute):
+        return rows
+    return rows.T
+
+
+def _supported(layer: _Layer) -> bool:
+    op = layer.node.op_type
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in layer.node.attribute}
+    if op == "Conv":
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        return len(layer.weight.shape) == 4 and auto_pad in (b"NOTSET", "NOTSET", b"VALID", "VALID")
+    if op == "MatMul":
+        return layer.input_name != layer.node.input[1] and len(layer.weight.shape) == 2
+    return op == "Gemm"
+
+
+def saliency(probe: LayerProbe, prior: str) -> dict[str, np.ndarray]:
+    """Per weight, each element's importance under ``prior`` (lower = drawn first as a candidate)."""
+    result = {}
+    for name, layer in probe.layers.items():
+        magnitude = np.abs(probe.teacher[name])
+        if prior in ("uniform", "magnitude") or not _supported(layer):
+            result[name] = magnitude
+            continue
+        x = probe.capture(name)
+        rows = _rows_matrix(layer, magnitude).astype(np.float64)
+        for matrix, channels in _design(layer, x, _sample_rows(x, layer, 0)):
+            rows[channels] *= np.sqrt(np.mean(matrix.astype(np.float64) ** 2, axis=0))[None, :]
+        value = _from_rows(layer, rows, magnitude.shape)
+        result[name] = value**2 if prior == "hessian" else value
+    return result
+
+
+def _sample_rows(x: np.ndarray, layer: _Layer, seed: int) -> np.ndarray | None:
+    if layer.node.op_type != "Conv":
+        count = int(np.prod(x.shape[:-1]))
+        return None if count <= MAX_ROWS else np.random.default_rng(seed).choice(count, MAX_ROWS, replace=False)
+    return np.random.default_rng(seed).integers(0, np.iinfo(np.int64).max, MAX_ROWS)
+
+
+def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float = 1e-3) -> dict[str, bool]:
+    """Refit every layer's surviving weights in graph order; returns which layers were kept refit."""
+    kept = {}
+    for name, layer in sorted(probe.layers.items(), key=lambda item: item[1].order):
+        if not _supported(layer) or masks[name].all():
+            kept[name] = False
+            continue
+        before = scorer.divergence()
+        original = scorer.weights[name].copy()
+        x_t = probe.capture(name)
+        x_s = probe.capture(name, scorer.weights)
+        rows = _sample_rows(x_t, layer, 1)
+        teacher_rows = _rows_matrix(layer, probe.teacher[name]).astype(np.float64)
+        mask_rows = _rows_matrix(layer, masks[name])
+        refit = np.zeros_like(teacher_rows)
+        for (a_t, channels), (a_s, _) in zip(_design(layer, x_t, rows), _design(layer, x_s, rows)):
+            a_s64 = a_s.astype(np.float64)
+            gram = a_s64.T @ a_s64
+            cross = a_s64.T @ a_t.astype(np.float64)
+            damping = ridge * max(float(np.trace(gram)) / len(gram), 1e-12)
+            for channel in range(*channels.indices(len(teacher_rows))):
+                support = np.flatnonzero(mask_rows[channel])
+                if not len(support):
+                    continue
+                rhs = cross[support] @ teacher_rows[channel]
+                system = gram[np.ix_(support, support)] + damping * np.eye(len(support))
+                refit[channel, support] = np.linalg.solve(system, rhs)
+        scorer.weights[name][...] = _from_rows(layer, refit, original.shape).astype(original.dtype)
+        scorer.weights[name][~masks[name]] = 0
+        if scorer.divergence() < before:
+            kept[name] = True
+        else:
+            scorer.weights[name][...] = original
+            kept[name] = False
+        log.info("compensated %s: %s", name, "kept" if kept[name] else "reverted (no gain)")
+    return kept

@@ -1,0 +1,174 @@
+"""``sparsify``: Directed-Evolution pruning of a model's weights (and the baselines it is compared with)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .compensate import LayerProbe, compensate as compensate_layers, saliency as layer_saliency
+from .data import Dataset, load_data
+from .errors import ConfigError
+from .evaluate import evaluate, resolve_metric
+from .evolution import SearchConfig, evolve, layer_targets
+from .fileio import atomic_write_bytes
+from .model import Model, WeightSelection
+from .scoring import Scorer
+from .zoo import open_model
+
+__all__ = ["METHODS", "SparsifyResult", "sparsify", "student_model"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("de", "magnitude", "wanda")
+
+
+@dataclass
+class SparsifyResult:
+    """What ``sparsify`` did: the student, its masks, per-layer sparsity, trajectory and fidelity."""
+
+    student: Model
+    masks: dict[str, np.ndarray]
+    method: str
+    config: dict
+    layers: dict[str, dict]
+    sparsity: float
+    divergence: float
+    trajectory: list[dict] = field(default_factory=list)
+    compensated: dict[str, bool] = field(default_factory=dict)
+    fidelity: dict | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method, "config": self.config, "sparsity": self.sparsity,
+            "calibration_divergence": self.divergence, "layers": self.layers, "compensated": self.compensated,
+            "trajectory": self.trajectory, "fidelity": self.fidelity, "seconds": self.seconds,
+        }
+
+
+def student_model(teacher: Model, weights: dict[str, np.ndarray]) -> Model:
+    """A copy of ``teacher`` whose initializers ``weights`` take the given values."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(teacher.proto)
+    for index, tensor in enumerate(proto.graph.initializer):
+        if tensor.name in weights:
+            proto.graph.initializer[index].CopyFrom(numpy_helper.from_array(weights[tensor.name], tensor.name))
+    return Model(proto, teacher.source, teacher.inputs, teacher.outputs, teacher.weights, teacher.folded_constants)
+
+
+def sparsify(
+    model: str | Path | Model,
+    data: str | Path | Dataset,
+    *,
+    config: SearchConfig | None = None,
+    method: str = "de",
+    compensate: bool = True,
+    selection: WeightSelection | None = None,
+    eval_data: str | Path | Dataset | None = None,
+    output: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    calibration_samples: int | None = None,
+    intra_op_threads: int | None = None,
+    progress=None,
+) -> SparsifyResult:
+    """Zero a fraction of ``model``'s prunable weights while keeping its outputs close to the original's.
+
+    Args:
+        model: the teacher (path, Model or ``zoo:NAME``).
+        data: calibration data for the search (``zoo:NAME`` uses its calibration split).
+        config: search settings (targets, population, prior, seed); see :class:`SearchConfig`.
+        method: ``de`` (Directed Evolution), or the baselines ``magnitude`` and ``wanda`` (|w| x ||x||),
+            each pruning to the same targets.
+        compensate: refit surviving weights by least squares afterwards (kept per layer only where it helps).
+        selection: which weights are prunable.
+        eval_data: data for the reported fidelity (``zoo:NAME`` uses its evaluation split; default: the
+            evaluation split of ``data`` when it is ``zoo:NAME``). Never used by the search.
+        output: where to write the student ONNX model (atomically).
+        checkpoint: search state file, written every few generations (DE only).
+        resume: continue from ``checkpoint``.
+        calibration_samples: use at most this many calibration samples.
+        intra_op_threads: ONNX Runtime threads per operator.
+        progress: callback receiving each generation's record.
+
+    Example:
+        >>> result = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9))
+        >>> result.fidelity["top1_agreement"]
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    config = config or SearchConfig()
+    started = time.perf_counter()
+    teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
+    calibration = load_data(data, teacher, split="calibration", limit=calibration_samples)
+    spec = resolve_metric(None, teacher, data, model)
+    prunable = teacher.prunable
+    names = [w.name for w in prunable]
+    scorer = Scorer(teacher, calibration, names, spec, intra_op_threads=intra_op_threads)
+    probe = LayerProbe(teacher, prunable, calibration, intra_op_threads=intra_op_threads)
+    prior = {"de": config.prior, "magnitude": "magnitude", "wanda": "activation"}[method]
+    importance = layer_saliency(probe, prior)
+    trajectory: list[dict] = []
+    if method == "de":
+        state = evolve(scorer, config, importance, checkpoint=Path(checkpoint) if checkpoint else None,
+                       resume=resume, progress=progress)
+        masks, trajectory = state.masks, state.trajectory
+    else:
+        masks = prune_by_saliency(importance, config)
+        for name, mask in masks.items():
+            scorer.weights[name][~mask] = 0
+    compensated = compensate_layers(scorer, probe, masks) if compensate else {}
+    student = student_model(teacher, scorer.weights)
+    if output is not None:
+        atomic_write_bytes(output, student.serialized())
+    fidelity = None
+    evaluation = eval_data if eval_data is not None else (data if str(data).startswith("zoo:") else None)
+    if evaluation is not None:
+        fidelity = evaluate(teacher, student, evaluation, metric=spec, intra_op_threads=intra_op_threads)
+    total = sum(m.size for m in masks.values())
+    zeros = sum(int(m.size - np.count_nonzero(m)) for m in masks.values())
+    layers = {
+        name: {"size": int(mask.size), "zeros": int(mask.size - np.count_nonzero(mask)),
+               "sparsity": float(1 - np.count_nonzero(mask) / mask.size)}
+        for name, mask in masks.items()
+    }
+    return SparsifyResult(
+        student=student, masks=masks, method=method, config=config.to_dict(), layers=layers,
+        sparsity=zeros / total, divergence=scorer.divergence(), trajectory=trajectory, compensated=compensated,
+        fidelity=fidelity, seconds=time.perf_counter() - started,
+    )
+
+
+def prune_by_saliency(importance: dict[str, np.ndarray], config: SearchConfig) -> dict[str, np.ndarray]:
+    """Baseline masks: the least important weights zeroed, per layer (per-layer targets) or globally."""
+    sizes = {n: v.size for n, v in importance.items()}
+    if config.per_layer:
+        targets = layer_targets(sizes, config)
+    else:
+        # One global threshold over all layers, each layer capped like the search caps it.
+        caps = layer_targets(sizes, config)
+        goal = int(round(config.sparsity * sum(sizes.values())))
+        flat = np.concatenate([importance[n].reshape(-1) for n in sizes])
+        owner = np.concatenate([np.full(sizes[n], i) for i, n in enumerate(sizes)])
+        counts = {n: 0 for n in sizes}
+        for index in np.argsort(flat, kind="stable"):
+            name = list(sizes)[owner[index]]
+            if counts[name] < caps[name]:
+                counts[name] += 1
+                goal -= 1
+                if goal == 0:
+                    break
+        targets = counts
+    masks = {}
+    for name, value in importance.items():
+        order = np.argsort(value.reshape(-1), kind="stable")
+        mask = np.ones(value.size, dtype=bool)
+        mask[order[: targets[name]]] = False
+        masks[name] = mask.reshape(value.shape)
+    return masks

@@ -1,0 +1,120 @@
+"""Directed-Evolution sparsification on the real MNIST models: fidelity, exact zeros, determinism, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import onnx_de
+from onnx_de import ConfigError
+from onnx_de.evolution import SearchConfig
+from onnx_de.scoring import Scorer
+from onnx_de.sparsify import sparsify
+
+
+def zero_masks(path, names) -> dict[str, np.ndarray]:
+    """Which elements of the named initializers are exactly zero in the ONNX file at ``path``."""
+    found = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name in names}
+    return {n: found[n] == 0 for n in names}
+
+
+def test_scorer_feeds_weights_in_place_and_matches_a_plain_session(mlp):
+    data = onnx_de.load_data("zoo:mnist-mlp", mlp, limit=64)
+    scorer = Scorer(mlp, data, [w.name for w in mlp.prunable], onnx_de.MetricSpec("classification"))
+    # weights fed as inputs skip ONNX Runtime's weight prepacking: equal up to float rounding
+    np.testing.assert_allclose(scorer.student_outputs()[0], scorer.teacher_outputs[0], rtol=1e-4, atol=1e-4)
+    assert scorer.divergence() < 1e-9
+    tentative = scorer.score("fc1.weight", np.arange(0, 235200, 3))
+    assert tentative > 1e-3 and scorer.divergence() < 1e-9  # zeroed for the run, restored after it
+    scorer.weights["fc3.weight"][:] = 0
+    assert scorer.divergence() > 1.0
+
+
+@pytest.fixture(scope="module")
+def mlp90(tmp_path_factory):
+    path = tmp_path_factory.mktemp("de") / "mlp90.onnx"
+    result = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9), output=path)
+    return result, path
+
+
+def test_de_with_compensation_keeps_98_percent_agreement_at_90_percent_sparsity(mlp90):
+    result, path = mlp90
+    assert result.sparsity == pytest.approx(0.9, abs=1e-5)
+    assert result.fidelity["top1_agreement"] >= 0.98
+    assert result.fidelity["split"] == "evaluation"
+    # the written file runs in ONNX Runtime and gives the reported fidelity
+    again = onnx_de.evaluate("zoo:mnist-mlp", path, "zoo:mnist-mlp")
+    assert again["top1_agreement"] == result.fidelity["top1_agreement"]
+
+
+def test_pruned_weights_are_exactly_zero_in_the_written_model(mlp90):
+    result, path = mlp90
+    written = zero_masks(path, list(result.masks))
+    for name, mask in result.masks.items():
+        assert written[name][~mask].all()  # every pruned weight is exactly zero
+        # survivors may be refit to zero only where their input is always zero (dead MNIST border pixels)
+        assert np.count_nonzero(written[name] & mask) <= 0.02 * mask.size
+    teacher = onnx_de.open_model("zoo:mnist-mlp")
+    assert not any((teacher.initializer(n) == 0).any() for n in result.masks)
+
+
+def test_de_beats_magnitude_pruning_at_the_same_per_layer_sparsity():
+    # Measured margin: 1.9 points of agreement (0.885 vs 0.866); the issue's goal of 5 points is not met yet.
+    de = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9), compensate=False)
+    allocation = {name: layer["sparsity"] for name, layer in de.layers.items()}
+    magnitude = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", method="magnitude", compensate=False,
+                         config=SearchConfig(sparsity=0.9, per_layer=allocation))
+    assert magnitude.layers == de.layers
+    assert de.fidelity["top1_agreement"] > magnitude.fidelity["top1_agreement"] + 0.01
+
+
+def test_same_seed_same_masks_other_seed_other_masks():
+    def masks(seed):
+        config = SearchConfig(sparsity=0.7, seed=seed)
+        return sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=config, calibration_samples=128,
+                        compensate=False, eval_data=None).masks
+
+    first, second, other = masks(1), masks(1), masks(2)
+    assert all(np.array_equal(first[n], second[n]) for n in first)
+    assert not all(np.array_equal(first[n], other[n]) for n in first)
+
+
+def test_killed_search_resumes_to_the_same_result(tmp_path):
+    common = ["zoo:mnist-lenet5", "--data", "zoo:mnist-lenet5", "--sparsity", "0.9", "--limit", "256", "--seed", "3"]
+    env = {**os.environ, "ONNX_DE_DEBUG": ""}
+    reference = tmp_path / "reference.onnx"
+    done = subprocess.run([sys.executable, "-m", "onnx_de", "sparsify", *common, "-o", str(reference)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+    output, checkpoint = tmp_path / "resumed.onnx", tmp_path / "state.npz"
+    command = [sys.executable, "-m", "onnx_de", "sparsify", *common, "-o", str(output), "--checkpoint", str(checkpoint)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not output.exists()  # killed mid-search: a checkpoint, no partial output
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    names = [w.name for w in onnx_de.open_model("zoo:mnist-lenet5").prunable]
+    expected, resumed = zero_masks(reference, names), zero_masks(output, names)
+    assert all(np.array_equal(expected[n], resumed[n]) for n in names)
+
+
+def test_bad_targets_are_config_errors():
+    with pytest.raises(ConfigError, match="sparsity"):
+        SearchConfig(sparsity=1.2)
+    with pytest.raises(ConfigError, match="prior"):
+        SearchConfig(prior="oracle")
+    with pytest.raises(ConfigError, match="no per-layer target matches"):
+        sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(per_layer={"conv9": 0.5}))

@@ -1,0 +1,70 @@
+"""Side-by-side sparsification benchmark: DE versus magnitude and Wanda baselines, with and without compensation.
+
+Every method prunes the same model to the same target on the same calibration split; fidelity is measured on
+the evaluation split. "magnitude@DE" and "wanda@DE" prune each layer to the sparsity DE chose for it, so the
+comparison is at equal per-layer sparsity. Prints a Markdown table (paste into BENCHMARKS.md).
+
+    python tools/bench_sparsify.py mnist-mlp:0.9 mnist-lenet5:0.8 mnist-lenet5:0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="onnx-de-bench-"))
+
+import onnxruntime  # noqa: E402
+
+import onnx_de  # noqa: E402
+from onnx_de.evolution import SearchConfig  # noqa: E402
+from onnx_de.sparsify import sparsify  # noqa: E402
+
+
+def run(name: str, sparsity: float, seed: int) -> list[str]:
+    rows = []
+    zoo = f"zoo:{name}"
+    de = {}
+    for compensate in (False, True):
+        result = sparsify(zoo, zoo, config=SearchConfig(sparsity=sparsity, seed=seed), compensate=compensate)
+        de[compensate] = result
+        rows.append(_row(name, sparsity, "DE (global)", compensate, result))
+    allocation = {layer: info["sparsity"] for layer, info in de[False].layers.items()}
+    for method in ("magnitude", "wanda"):
+        for compensate in (False, True):
+            for label, config in (
+                (f"{method} (global)", SearchConfig(sparsity=sparsity, seed=seed)),
+                (f"{method}@DE per-layer", SearchConfig(sparsity=sparsity, per_layer=allocation, seed=seed)),
+            ):
+                result = sparsify(zoo, zoo, config=config, method=method, compensate=compensate)
+                rows.append(_row(name, sparsity, label, compensate, result))
+    return rows
+
+
+def _row(name, sparsity, label, compensate, result) -> str:
+    f = result.fidelity
+    primary = f[f["primary"]]
+    return (f"| {name} | {sparsity:.0%} | {label} | {'yes' if compensate else 'no'} | {result.sparsity:.4f} | "
+            f"{f['primary']} {primary:.3f} | {f['kl'] if 'kl' in f else f['rel_l2']:.4f} | {result.seconds:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="+", help="NAME:SPARSITY")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"onnx-de {onnx_de.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores")
+    print()
+    print("| model | target | method | compensation | sparsity | fidelity (evaluation split) | KL or rel. L2 | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for target in args.targets:
+        name, _, sparsity = target.partition(":")
+        for row in run(name, float(sparsity), args.seed):
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
