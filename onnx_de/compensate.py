@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .data import Dataset
 from .model import Model, WeightInfo
-from .runtime import create_session
+from .runtime import create_session, fixed_batch
 from .scoring import Scorer, promote_weights
 
 __all__ = ["LayerProbe", "saliency", "compensate"]
@@ -62,8 +62,7 @@ class LayerProbe:
     def capture(self, name: str, weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The input of weight ``name``'s node over the data (teacher weights unless ``weights`` given)."""
         feed_weights = weights or self.teacher
-        fixed = self.session.get_inputs()[0].shape[0]
-        size = fixed if isinstance(fixed, int) and fixed > 0 else len(self.data)
+        size = fixed_batch(self.session, set(self.data.inputs)) or len(self.data)
         chunks = []
         for start in range(0, len(self.data), size):
             feed = {k: v[start : start + size] for k, v in self.data.inputs.items()}

@@ -11,7 +11,7 @@ from .data import Dataset
 from .errors import DataError, ModelError, first_line
 from .model import Model
 
-__all__ = ["DEFAULT_BATCH_SIZE", "create_session", "run_model"]
+__all__ = ["DEFAULT_BATCH_SIZE", "create_session", "fixed_batch", "run_model"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run_model(
     Returns:
         One array per model output, first axis = samples.
     """
-    size = _fixed_batch(session) or batch_size or DEFAULT_BATCH_SIZE
+    size = fixed_batch(session) or batch_size or DEFAULT_BATCH_SIZE
     names = [o.name for o in session.get_outputs()]
     chunks: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, len(dataset), size):
@@ -65,8 +65,9 @@ def run_model(
     return [np.concatenate(chunk, axis=0) for chunk in chunks]
 
 
-def _fixed_batch(session: ort.InferenceSession) -> int | None:
-    dims = [i.shape[0] for i in session.get_inputs() if i.shape]
+def fixed_batch(session: ort.InferenceSession, names: set[str] | None = None) -> int | None:
+    """The model's fixed batch size (smallest fixed first dimension of the inputs ``names``), if it has one."""
+    dims = [i.shape[0] for i in session.get_inputs() if i.shape and (names is None or i.name in names)]
     fixed = [d for d in dims if isinstance(d, int) and d > 0]
     return min(fixed) if fixed else None
 

@@ -19,7 +19,7 @@ from .data import Dataset
 from .errors import ModelError
 from .metrics import MetricSpec, kl_from_log_probs, log_probabilities
 from .model import Model
-from .runtime import create_session, run_model
+from .runtime import create_session, fixed_batch, run_model
 
 __all__ = ["Scorer", "promote_weights", "divergence_kind"]
 
@@ -79,13 +79,10 @@ class Scorer:
         self._output_names = [o.name for o in self.session.get_outputs()]
         self._bindings = self._bind(data)
         self._teacher_log = self._prepare_teacher()
-        self.runs = 0
 
     def _bind(self, data: Dataset) -> list[ort.IOBinding]:
         """One IO binding per calibration batch: data and weights bound once, as OrtValues sharing memory."""
-        fixed = [i.shape[0] for i in self.session.get_inputs() if i.name in data.inputs and i.shape
-                 and isinstance(i.shape[0], int) and i.shape[0] > 0]
-        size = min(fixed) if fixed else len(data)
+        size = fixed_batch(self.session, set(data.inputs)) or len(data)
         self._data_values = []  # keep the arrays the OrtValues point into alive
         weight_values = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in self.weights.items()}
         bindings = []
@@ -115,7 +112,6 @@ class Scorer:
             self.session.run_with_iobinding(binding)
             for chunk, value in zip(chunks, binding.get_outputs()):
                 chunk.append(value.numpy())
-        self.runs += 1
         return [np.concatenate(c, axis=0) if len(c) > 1 else c[0] for c in chunks]
 
     def divergence(self, outputs: list[np.ndarray] | None = None) -> float:
