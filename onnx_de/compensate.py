@@ -20,7 +20,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .data import Dataset
 from .model import Model, WeightInfo
 from .runtime import create_session, fixed_batch
-from .scoring import Scorer, promote_weights
+from .graphs import promote_weights
+from .scoring import Scorer
 
 __all__ = ["LayerProbe", "saliency", "compensate"]
 

@@ -148,6 +148,7 @@ def evolve(
         k = max(config.min_k, int(np.ceil(config.step * state.scale * remaining / config.survivors)))
         k = min(k, remaining)
         candidates = [_draw(state, open_layers, capacity, saliency, k, config) for _ in range(config.population)]
+        current = scorer.refresh({name for name, _ in candidates})
         scored = sorted(
             ((scorer.score(name, idx) - current) / len(idx), position, name, idx)
             for position, (name, idx) in enumerate(candidates)
@@ -155,7 +156,7 @@ def evolve(
         removed = 0
         for name, idx in _select(scored, config.survivors, remaining, capacity, state.masks):
             state.masks[name].reshape(-1)[idx] = False
-            scorer.weights[name].reshape(-1)[idx] = 0
+            scorer.commit(name, idx)
             removed += len(idx)
         before = current
         current = scorer.divergence()

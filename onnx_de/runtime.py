@@ -18,12 +18,14 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 64
 
 
-def create_session(model: Model, *, intra_op_threads: int | None = None) -> ort.InferenceSession:
+def create_session(model: Model, *, intra_op_threads: int | None = None, spin: bool = True) -> ort.InferenceSession:
     """Open an ONNX Runtime CPU session on ``model``.
 
     Args:
         model: the loaded model.
         intra_op_threads: threads per operator (ONNX Runtime's default, all cores, when ``None``).
+        spin: let idle worker threads spin between runs. Turn it off where many sessions live side by side
+            (the Scorer's per-layer sessions), or their idle threads steal the cores of the one running.
 
     Raises:
         ModelError: when ONNX Runtime cannot load the model (unsupported op, bad graph).
@@ -32,6 +34,8 @@ def create_session(model: Model, *, intra_op_threads: int | None = None) -> ort.
     options.log_severity_level = 3
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model.serialized(), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types

@@ -3,7 +3,13 @@
 Teacher outputs are computed once. The student is one ONNX Runtime session for the whole search: its
 prunable initializers are promoted to graph inputs (onnx-graphsurgeon) and fed through IO binding from
 OrtValues that wrap the current weight arrays without a copy, so a candidate is scored by zeroing its
-elements in place, running once, and restoring them. Nothing is rebuilt or copied per candidate.
+elements in place, running, and restoring them. Nothing is rebuilt or copied per candidate.
+
+Partial execution: :meth:`Scorer.refresh` runs the student once and keeps, for the layers about to be
+searched, the tensors their downstream part reads from upstream (the frontier). A candidate of such a layer
+then runs only the nodes its weight can affect, in a small session built once per layer; the outputs it
+cannot affect come from the refresh. :meth:`Scorer.commit` zeroes weights for good and makes the frontiers
+stale, so partial runs wait for the next refresh.
 """
 
 from __future__ import annotations
@@ -11,40 +17,17 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
-import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from .data import Dataset
-from .errors import ModelError
+from .graphs import Downstream, downstream_of, promote_weights
 from .metrics import MetricSpec, kl_from_log_probs, log_probabilities
 from .model import Model
 from .runtime import create_session, fixed_batch, run_model
 
-__all__ = ["Scorer", "promote_weights", "divergence_kind"]
+__all__ = ["Scorer", "divergence_kind"]
 
 log = logging.getLogger(__name__)
-
-
-def promote_weights(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``proto`` whose initializers ``names`` are graph inputs instead (fed at run time)."""
-    graph = gs.import_onnx(proto)
-    tensors = graph.tensors()
-    for name in names:
-        tensor = tensors.get(name)
-        if not isinstance(tensor, gs.Constant):
-            raise ModelError(f"cannot promote {name!r} to an input: it is not an initializer of the main graph")
-        variable = gs.Variable(name, dtype=tensor.values.dtype, shape=list(tensor.shape))
-        tensor.name = f"{name}::promoted"
-        for node in list(tensor.outputs):
-            for position, operand in enumerate(node.inputs):
-                if operand is tensor:
-                    node.inputs[position] = variable
-        graph.inputs.append(variable)
-    graph.cleanup()  # drops the now unused constants
-    promoted = gs.export_onnx(graph)
-    promoted.ir_version = proto.ir_version
-    return promoted
 
 
 def divergence_kind(spec: MetricSpec) -> str:
@@ -61,58 +44,70 @@ class Scorer:
         weights: names of the weights the search changes; they become inputs of the student session.
         spec: the metric, which picks the divergence (:func:`divergence_kind`) and its output.
         intra_op_threads: ONNX Runtime threads per operator.
+        partial: score candidates by partial execution after :meth:`refresh` (where the graph allows).
 
     Attributes:
-        weights: the current student weights by name (float arrays; edit them in place, then call
-            :meth:`divergence`).
+        weights: the current student weights by name. During a search change them through :meth:`commit`;
+            outside one, edit them freely and call :meth:`divergence`.
         teacher_outputs: the teacher's outputs on ``data``.
     """
 
     def __init__(self, model: Model, data: Dataset, weights: list[str], spec: MetricSpec,
-                 *, intra_op_threads: int | None = None) -> None:
+                 *, intra_op_threads: int | None = None, partial: bool = True) -> None:
         self.spec = spec
         self.kind = divergence_kind(spec)
         self.teacher_outputs = run_model(create_session(model, intra_op_threads=intra_op_threads), data)
         self.weights = {name: np.array(model.initializer(name), order="C") for name in weights}
-        student = Model(promote_weights(model.proto, weights), model.source, model.inputs, model.outputs, [])
-        self.session = create_session(student, intra_op_threads=intra_op_threads)
+        self._threads = intra_op_threads
+        self._model = model
+        self._promoted = promote_weights(model.proto, weights)
+        self.session = self._session(self._promoted)
         self._output_names = [o.name for o in self.session.get_outputs()]
-        self._bindings = self._bind(data)
-        self._teacher_log = self._prepare_teacher()
-
-    def _bind(self, data: Dataset) -> list[ort.IOBinding]:
-        """One IO binding per calibration batch: data and weights bound once, as OrtValues sharing memory."""
+        self._weight_values = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in self.weights.items()}
         size = fixed_batch(self.session, set(data.inputs)) or len(data)
-        self._data_values = []  # keep the arrays the OrtValues point into alive
-        weight_values = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in self.weights.items()}
-        bindings = []
-        for start in range(0, len(data), size):
-            binding = self.session.io_binding()
-            for name, array in data.inputs.items():
-                batch = np.ascontiguousarray(array[start : start + size])
-                self._data_values.append(batch)
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(batch))
-            for name, value in weight_values.items():
-                binding.bind_ortvalue_input(name, value)
-            for name in self._output_names:
-                binding.bind_output(name, "cpu")
-            bindings.append(binding)
-        self._weight_values = weight_values
-        return bindings
+        self._slices = [slice(start, start + size) for start in range(0, len(data), size)]
+        self._batches = [
+            {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array[rows]))
+             for name, array in data.inputs.items()}
+            for rows in self._slices
+        ]
+        self._bindings = [self._binding(self.session, batch, self._output_names) for batch in self._batches]
+        self._teacher_log = log_probabilities(self.teacher_outputs[spec.output]) if self.kind == "kl" else None
+        self._downstream = {n: downstream_of(self._promoted, n) for n in weights} if partial else {}
+        self.partial = partial and all(part is not None for part in self._downstream.values())
+        self._partial_sessions: dict[str, ort.InferenceSession] = {}
+        self._frontier: ort.InferenceSession | None = None
+        self._partial_bindings: dict[str, list[ort.IOBinding]] = {}
+        self._outputs: list[np.ndarray] = []
+        self._stale = True
 
-    def _prepare_teacher(self) -> np.ndarray | None:
-        if self.kind == "kl":
-            return log_probabilities(self.teacher_outputs[self.spec.output])
-        return None
+    def _session(self, proto) -> ort.InferenceSession:
+        return create_session(Model(proto, self._model.source, [], [], []), intra_op_threads=self._threads, spin=False)
+
+    def _binding(self, session: ort.InferenceSession, feeds: dict[str, ort.OrtValue], outputs: list[str]):
+        """An IO binding of ``session``: the given feeds, every weight it reads, outputs on the CPU."""
+        binding = session.io_binding()
+        wanted = {i.name for i in session.get_inputs()}
+        for name, value in (*feeds.items(), *self._weight_values.items()):
+            if name in wanted:
+                binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        return binding
+
+    @staticmethod
+    def _run(session: ort.InferenceSession, bindings: list) -> list[np.ndarray]:
+        """Run every batch's binding and concatenate each output over the batches."""
+        chunks: list[list[np.ndarray]] = []
+        for binding in bindings:
+            session.run_with_iobinding(binding)
+            values = [value.numpy() for value in binding.get_outputs()]
+            chunks = [[v] for v in values] if not chunks else [c + [v] for c, v in zip(chunks, values)]
+        return [np.concatenate(c, axis=0) if len(c) > 1 else c[0] for c in chunks]
 
     def student_outputs(self) -> list[np.ndarray]:
-        """The student's outputs on the calibration set with the current weights."""
-        chunks: list[list[np.ndarray]] = [[] for _ in self._output_names]
-        for binding in self._bindings:
-            self.session.run_with_iobinding(binding)
-            for chunk, value in zip(chunks, binding.get_outputs()):
-                chunk.append(value.numpy())
-        return [np.concatenate(c, axis=0) if len(c) > 1 else c[0] for c in chunks]
+        """The student's outputs on the calibration set with the current weights (a full run)."""
+        return self._run(self.session, self._bindings)
 
     def divergence(self, outputs: list[np.ndarray] | None = None) -> float:
         """Divergence of the student (current weights, or the given outputs) from the teacher; 0 when equal."""
@@ -129,13 +124,63 @@ class Scorer:
             total += float(np.sum((s64 - t64) ** 2) / max(np.sum(t64**2), 1e-12))
         return total / len(outputs)
 
+    def refresh(self, layers: set[str]) -> float:
+        """Run the student once; keep the frontiers that partial runs of ``layers`` read; return the divergence."""
+        if not self.partial:
+            self._outputs = self.student_outputs()
+            return self.divergence(self._outputs)
+        layers = sorted(layers)
+        frontier = sorted({t for name in layers for t in self._downstream[name].frontier})
+        session = self._frontier_session()
+        fetched = self._run(session, [self._binding(session, b, self._output_names + frontier) for b in self._batches])
+        self._outputs = fetched[: len(self._output_names)]
+        values = dict(zip(frontier, fetched[len(self._output_names):]))
+        self._partial_bindings = {}
+        for name in layers:
+            part = self._downstream[name]
+            partial = self._partial_session(name, part, {t: values[t] for t in part.frontier})
+            self._partial_bindings[name] = [
+                self._binding(partial, {**batch, **{t: ort.OrtValue.ortvalue_from_numpy(
+                    np.ascontiguousarray(values[t][rows])) for t in part.frontier}}, part.outputs)
+                for batch, rows in zip(self._batches, self._slices)
+            ]
+        self._stale = False
+        return self.divergence(self._outputs)
+
+    def _frontier_session(self) -> ort.InferenceSession:
+        """The full student with every layer's frontier tensors also exposed as outputs (built once)."""
+        if self._frontier is None:
+            proto = type(self._promoted)()
+            proto.CopyFrom(self._promoted)
+            existing = {o.name for o in proto.graph.output}
+            for part in self._downstream.values():
+                for name in part.frontier:
+                    if name not in existing:
+                        proto.graph.output.add().name = name
+                        existing.add(name)
+            self._frontier = self._session(proto)
+        return self._frontier
+
+    def _partial_session(self, name: str, part: Downstream, examples: dict) -> ort.InferenceSession:
+        if name not in self._partial_sessions:
+            self._partial_sessions[name] = self._session(part.model(self._promoted, examples))
+        return self._partial_sessions[name]
+
     def score(self, name: str, indices: np.ndarray) -> float:
         """Divergence with the elements ``indices`` (flat) of weight ``name`` tentatively zeroed."""
         flat = self.weights[name].reshape(-1)
         saved = flat[indices].copy()
         flat[indices] = 0
         try:
-            return self.divergence()
+            if self._stale or name not in self._partial_bindings:
+                return self.divergence()
+            part = self._downstream[name]
+            changed = dict(zip(part.outputs, self._run(self._partial_sessions[name], self._partial_bindings[name])))
+            return self.divergence([changed.get(o, current) for o, current in zip(self._output_names, self._outputs)])
         finally:
             flat[indices] = saved
 
+    def commit(self, name: str, indices: np.ndarray) -> None:
+        """Zero the elements ``indices`` (flat) of weight ``name`` for good; frontiers become stale."""
+        self.weights[name].reshape(-1)[indices] = 0
+        self._stale = True

@@ -1,7 +1,12 @@
 """Scorer throughput: candidates scored per second versus plain forward passes of the same session and batch,
 and versus the naive baseline that builds a new ONNX Runtime session per candidate. Prints a Markdown table.
 
-    python tools/bench_scorer.py mnist-mlp efficientnet-lite0 --candidates 50
+The Scorer is timed as the search uses it: per generation one refresh (a full run that also keeps the
+frontiers) and a population of 16 candidates scored by partial execution; and with partial execution off
+(every candidate a full run of the weights-as-inputs session). An untimed refresh of every layer first builds
+the per-layer sessions, as the first generations of a search do.
+
+    python tools/bench_scorer.py mnist-mlp efficientnet-lite0 --generations 3
 """
 
 from __future__ import annotations
@@ -21,48 +26,59 @@ from onnx_de.scoring import Scorer  # noqa: E402
 from onnx_de.sparsify import student_model  # noqa: E402
 
 
-def measure(name: str, candidates: int, samples: int | None) -> str:
+def measure(name: str, generations: int, samples: int | None) -> str:
     model = onnx_de.open_model(f"zoo:{name}")
     data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
     names = [w.name for w in model.prunable]
-    scorer = Scorer(model, data, names, resolve_metric(None, model, f"zoo:{name}"))
+    spec = resolve_metric(None, model, f"zoo:{name}")
     rng = np.random.default_rng(0)
-    draws = [(n, rng.choice(scorer.weights[n].size, max(1, scorer.weights[n].size // 100), replace=False))
-             for n in rng.choice(names, candidates)]
+    population = 16
+
+    def draw(scorer):
+        return [(n, rng.choice(scorer.weights[n].size, max(1, scorer.weights[n].size // 100), replace=False))
+                for n in rng.choice(names, population)]
+
+    rates = {}
+    for partial in (True, False):
+        scorer = Scorer(model, data, names, spec, partial=partial)
+        scorer.refresh(set(names))
+        started = time.perf_counter()
+        for _ in range(generations):
+            candidates = draw(scorer)
+            scorer.refresh({n for n, _ in candidates})
+            for layer, idx in candidates:
+                scorer.score(layer, idx)
+        rates[partial] = generations * population / (time.perf_counter() - started)
 
     session = onnx_de.create_session(model)
+    onnx_de.run_model(session, data)
     started = time.perf_counter()
-    for _ in range(candidates):
+    for _ in range(population):
         onnx_de.run_model(session, data)
-    plain = candidates / (time.perf_counter() - started)
+    plain = population / (time.perf_counter() - started)
 
+    naive_count = 4
     started = time.perf_counter()
-    for layer, idx in draws:
-        scorer.score(layer, idx)
-    scored = candidates / (time.perf_counter() - started)
-
-    naive_count = max(3, candidates // 10)
-    started = time.perf_counter()
-    for layer, idx in draws[:naive_count]:
+    for layer, idx in draw(scorer)[:naive_count]:
         weights = {layer: scorer.weights[layer].copy()}
         weights[layer].reshape(-1)[idx] = 0
         onnx_de.run_model(onnx_de.create_session(student_model(model, weights)), data)
     naive = naive_count / (time.perf_counter() - started)
-    return (f"| {name} | {len(data)} | {plain:.1f} | {scored:.1f} | {naive:.2f} | "
-            f"{scored / plain:.2f}x | {scored / naive:.1f}x |")
+    return (f"| {name} | {len(data)} | {plain:.1f} | {rates[True]:.1f} | {rates[False]:.1f} | {naive:.2f} | "
+            f"{rates[True] / plain:.2f}x | {rates[True] / naive:.1f}x |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
-    parser.add_argument("--candidates", type=int, default=50)
+    parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--samples", type=int, help="calibration samples (default: the whole split)")
     args = parser.parse_args()
-    print("| model | batch | plain forward/s | scored candidates/s | naive (new session) candidates/s | "
-          "scored / plain | scored / naive |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | batch | plain forward/s | DE candidates/s (partial) | candidates/s (full runs) | "
+          "naive (new session) candidates/s | partial / plain | partial / naive |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        print(measure(name, args.candidates, args.samples), flush=True)
+        print(measure(name, args.generations, args.samples), flush=True)
 
 
 if __name__ == "__main__":

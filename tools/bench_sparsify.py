@@ -23,14 +23,15 @@ from onnx_de.evolution import SearchConfig  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 
 
-def run(name: str, sparsity: float, seed: int) -> list[str]:
-    rows = []
+def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None):
+    """Yield one table row per method and setting, as each finishes."""
     zoo = f"zoo:{name}"
     de = {}
+    options = dict(calibration_samples=limit, intra_op_threads=threads)
     for compensate in (False, True):
-        result = sparsify(zoo, zoo, config=SearchConfig(sparsity=sparsity, seed=seed), compensate=compensate)
+        result = sparsify(zoo, zoo, config=SearchConfig(sparsity=sparsity, seed=seed), compensate=compensate, **options)
         de[compensate] = result
-        rows.append(_row(name, sparsity, "DE (global)", compensate, result))
+        yield _row(name, sparsity, "DE (global)", compensate, result)
     allocation = {layer: info["sparsity"] for layer, info in de[False].layers.items()}
     for method in ("magnitude", "wanda"):
         for compensate in (False, True):
@@ -38,9 +39,8 @@ def run(name: str, sparsity: float, seed: int) -> list[str]:
                 (f"{method} (global)", SearchConfig(sparsity=sparsity, seed=seed)),
                 (f"{method}@DE per-layer", SearchConfig(sparsity=sparsity, per_layer=allocation, seed=seed)),
             ):
-                result = sparsify(zoo, zoo, config=config, method=method, compensate=compensate)
-                rows.append(_row(name, sparsity, label, compensate, result))
-    return rows
+                result = sparsify(zoo, zoo, config=config, method=method, compensate=compensate, **options)
+                yield _row(name, sparsity, label, compensate, result)
 
 
 def _row(name, sparsity, label, compensate, result) -> str:
@@ -54,6 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="+", help="NAME:SPARSITY")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="calibration samples (default: the zoo's whole split)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     args = parser.parse_args()
     print(f"onnx-de {onnx_de.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
@@ -62,7 +64,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for target in args.targets:
         name, _, sparsity = target.partition(":")
-        for row in run(name, float(sparsity), args.seed):
+        for row in run(name, float(sparsity), args.seed, args.limit, args.threads):
             print(row, flush=True)
 
 

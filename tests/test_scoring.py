@@ -1,0 +1,42 @@
+"""The Scorer's partial execution against full runs, on real models with skip connections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnx_de
+from onnx_de.evaluate import resolve_metric
+from onnx_de.graphs import downstream_of, promote_weights
+from onnx_de.scoring import Scorer
+
+
+@pytest.mark.parametrize("name, samples", [("mnist-lenet5", 64), ("ppocr-cls", 16), ("efficientnet-lite0", 4)])
+def test_partial_execution_scores_like_a_full_run(name, samples):
+    model = onnx_de.open_model(f"zoo:{name}")
+    data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
+    names = [w.name for w in model.prunable]
+    partial = Scorer(model, data, names, resolve_metric(None, model, f"zoo:{name}"))
+    full = Scorer(model, data, names, resolve_metric(None, model, f"zoo:{name}"), partial=False)
+    assert partial.partial
+    rng = np.random.default_rng(0)
+    layers = [names[0], names[len(names) // 2], names[-1]]
+    assert partial.refresh(set(layers)) == pytest.approx(full.refresh(set(layers)), rel=1e-6, abs=1e-12)
+    for layer in layers:
+        idx = rng.choice(partial.weights[layer].size, partial.weights[layer].size // 4, replace=False)
+        expected = full.score(layer, idx)
+        assert expected > 0
+        assert partial.score(layer, idx) == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    # after a commit the frontiers are stale: scores fall back to full runs until the next refresh
+    partial.commit(layers[1], np.arange(10))
+    full.commit(layers[1], np.arange(10))
+    assert partial.score(layers[2], np.arange(5)) == pytest.approx(full.score(layers[2], np.arange(5)), rel=1e-4)
+
+
+def test_downstream_of_the_last_layer_is_small_and_of_the_first_is_everything():
+    model = onnx_de.open_model("zoo:efficientnet-lite0")
+    names = [w.name for w in model.prunable]
+    promoted = promote_weights(model.proto, names)
+    first, last = downstream_of(promoted, names[0]), downstream_of(promoted, names[-1])
+    assert len(first.nodes) == len(promoted.graph.node) and first.frontier == []
+    assert len(last.nodes) <= 3 and last.outputs == ["logits"] and len(last.frontier) == 1
