@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=SearchConfig.seed)
     sp.add_argument("--no-compensate", action="store_true", help="skip the least-squares refit of survivors")
     sp.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
-    sp.add_argument("--checkpoint", type=Path, help="search state file (default: OUTPUT.checkpoint.npz)")
+    sp.add_argument("--checkpoint", type=Path,
+                    help="search state file, removed on success (default: OUTPUT.checkpoint.npz)")
     sp.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     sp.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")

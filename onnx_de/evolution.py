@@ -175,6 +175,9 @@ def evolve(
         state.trajectory.append(record)
         if progress:
             progress(record)
+        if state.generation % 10 == 0:
+            log.info("generation %d: sparsity %.4f, divergence %.4g, %.0f candidates/s", state.generation,
+                     record["sparsity"], current, record["candidates_per_s"])
         if checkpoint and state.generation % config.checkpoint_every == 0:
             save_checkpoint(checkpoint, state, config)
     if checkpoint:

@@ -91,7 +91,8 @@ def sparsify(
         eval_data: data for the reported fidelity (``zoo:NAME`` uses its evaluation split; default: the
             evaluation split of ``data`` when it is ``zoo:NAME``). Never used by the search.
         output: where to write the student ONNX model (atomically).
-        checkpoint: search state file, written every few generations (DE only).
+        checkpoint: search state file, written every few generations (DE only) and removed once ``output``
+            is written.
         resume: continue from ``checkpoint``.
         calibration_samples: use at most this many calibration samples.
         intra_op_threads: ONNX Runtime threads per operator.
@@ -127,6 +128,8 @@ def sparsify(
     student = student_model(teacher, scorer.weights)
     if output is not None:
         atomic_write_bytes(output, student.serialized())
+        if checkpoint is not None:
+            Path(checkpoint).unlink(missing_ok=True)  # the run is complete: nothing left to resume
     fidelity = None
     evaluation = eval_data if eval_data is not None else (data if str(data).startswith("zoo:") else None)
     if evaluation is not None:

@@ -107,6 +107,7 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
     done = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     names = [w.name for w in onnx_de.open_model("zoo:mnist-lenet5").prunable]
+    assert not checkpoint.exists()  # a finished run leaves no checkpoint behind
     expected, resumed = zero_masks(reference, names), zero_masks(output, names)
     assert all(np.array_equal(expected[n], resumed[n]) for n in names)
 
