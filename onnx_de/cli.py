@@ -214,13 +214,14 @@ def _zoo(args: argparse.Namespace) -> int:
 def _parse_per_layer(text: str) -> dict[str, float]:
     targets = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.rpartition("=")
+        name, _, value = item.rpartition("=")
         try:
-            targets[name] = float(value)
+            fraction = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not name:
+            fraction = None
+        if not name or fraction is None:
             raise argparse.ArgumentTypeError(f"per-layer target {item!r} is not NAME=FRACTION")
+        targets[name] = fraction
     return targets
 
 

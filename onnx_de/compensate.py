@@ -20,7 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .data import Dataset
 from .model import Model, WeightInfo
 from .runtime import create_session, fixed_batch
-from .graphs import promote_weights
+from .graphs import expose_outputs, promote_weights
 from .scoring import Scorer
 
 __all__ = ["LayerProbe", "saliency", "compensate"]
@@ -49,12 +49,7 @@ class LayerProbe:
                  intra_op_threads: int | None = None) -> None:
         self.layers = _find_layers(model, weights)
         names = [w.name for w in weights]
-        proto = promote_weights(model.proto, names)
-        existing = {o.name for o in proto.graph.output}
-        for layer in self.layers.values():
-            if layer.input_name not in existing:
-                proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(layer.input_name))
-                existing.add(layer.input_name)
+        proto = expose_outputs(promote_weights(model.proto, names), [layer.input_name for layer in self.layers.values()])
         probe = Model(proto, model.source, model.inputs, model.outputs, [])
         self.session = create_session(probe, intra_op_threads=intra_op_threads)
         self.data = data

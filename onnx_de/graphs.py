@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import ModelError
 
-__all__ = ["Downstream", "promote_weights", "downstream_of"]
+__all__ = ["Downstream", "promote_weights", "downstream_of", "expose_outputs"]
 
 
 def promote_weights(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -32,6 +32,18 @@ def promote_weights(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto
     promoted = gs.export_onnx(graph)
     promoted.ir_version = proto.ir_version
     return promoted
+
+
+def expose_outputs(proto: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy of ``proto`` that also outputs the intermediate tensors ``names`` (types left to the runtime)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(proto)
+    existing = {o.name for o in exposed.graph.output}
+    for name in names:
+        if name not in existing:
+            exposed.graph.output.add().name = name
+            existing.add(name)
+    return exposed
 
 
 @dataclass(frozen=True)

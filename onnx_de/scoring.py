@@ -14,21 +14,16 @@ stale, so partial runs wait for the next refresh.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnxruntime as ort
 
 from .data import Dataset
-from .graphs import Downstream, downstream_of, promote_weights
+from .graphs import Downstream, downstream_of, expose_outputs, promote_weights
 from .metrics import MetricSpec, kl_from_log_probs, log_probabilities
 from .model import Model
 from .runtime import create_session, fixed_batch, run_model
 
 __all__ = ["Scorer", "divergence_kind"]
-
-log = logging.getLogger(__name__)
-
 
 def divergence_kind(spec: MetricSpec) -> str:
     """``kl`` for class logits, ``bkl`` (binary KL) for sigmoid maps, ``nmse`` otherwise."""
@@ -150,15 +145,8 @@ class Scorer:
     def _frontier_session(self) -> ort.InferenceSession:
         """The full student with every layer's frontier tensors also exposed as outputs (built once)."""
         if self._frontier is None:
-            proto = type(self._promoted)()
-            proto.CopyFrom(self._promoted)
-            existing = {o.name for o in proto.graph.output}
-            for part in self._downstream.values():
-                for name in part.frontier:
-                    if name not in existing:
-                        proto.graph.output.add().name = name
-                        existing.add(name)
-            self._frontier = self._session(proto)
+            frontier = [name for part in self._downstream.values() for name in part.frontier]
+            self._frontier = self._session(expose_outputs(self._promoted, frontier))
         return self._frontier
 
     def _partial_session(self, name: str, part: Downstream, examples: dict) -> ort.InferenceSession:

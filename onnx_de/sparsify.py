@@ -154,20 +154,20 @@ def prune_by_saliency(importance: dict[str, np.ndarray], config: SearchConfig) -
     if config.per_layer:
         targets = layer_targets(sizes, config)
     else:
-        # One global threshold over all layers, each layer capped like the search caps it.
-        caps = layer_targets(sizes, config)
+        # One global threshold over all layers, each layer capped like the search caps it: walk the weights
+        # from least to most important, skip those past their layer's cap, keep the first ``goal``.
+        names = list(sizes)
+        limits = layer_targets(sizes, config)
+        caps = np.array([limits[n] for n in names])
         goal = int(round(config.sparsity * sum(sizes.values())))
-        flat = np.concatenate([importance[n].reshape(-1) for n in sizes])
-        owner = np.concatenate([np.full(sizes[n], i) for i, n in enumerate(sizes)])
-        counts = {n: 0 for n in sizes}
-        for index in np.argsort(flat, kind="stable"):
-            name = list(sizes)[owner[index]]
-            if counts[name] < caps[name]:
-                counts[name] += 1
-                goal -= 1
-                if goal == 0:
-                    break
-        targets = counts
+        order = np.argsort(np.concatenate([importance[n].reshape(-1) for n in names]), kind="stable")
+        owner = np.repeat(np.arange(len(names)), [sizes[n] for n in names])[order]
+        counts = np.bincount(owner, minlength=len(names))
+        by_layer = np.argsort(owner, kind="stable")  # grouped by layer, each group in importance order
+        rank = np.empty(len(owner), dtype=np.int64)  # a weight's place among its own layer's weights
+        rank[by_layer] = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+        chosen = owner[rank < caps[owner]][:goal]
+        targets = dict(zip(names, np.bincount(chosen, minlength=len(names)).tolist()))
     masks = {}
     for name, value in importance.items():
         order = np.argsort(value.reshape(-1), kind="stable")
