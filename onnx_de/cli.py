@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--population", type=int, default=SearchConfig.population)
     sp.add_argument("--survivors", type=int, default=SearchConfig.survivors)
     sp.add_argument("--seed", type=int, default=SearchConfig.seed)
+    sp.add_argument("--budget", type=float, metavar="MIN",
+                    help="stop (undoing the last generation) before the primary fidelity metric on the calibration "
+                         "data falls below MIN, e.g. 0.98 top-1 agreement")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="score candidates on this many Scorer replicas in parallel threads (default %(default)s)")
     sp.add_argument("--no-compensate", action="store_true", help="skip the least-squares refit of survivors")
     sp.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     sp.add_argument("--checkpoint", type=Path,
@@ -228,19 +233,21 @@ def _parse_per_layer(text: str) -> dict[str, float]:
 def _sparsify(args: argparse.Namespace) -> int:
     per_layer = {k: v for mapping in (args.per_layer or []) for k, v in mapping.items()}
     config = SearchConfig(sparsity=args.sparsity, per_layer=per_layer, population=args.population,
-                          survivors=args.survivors, prior=args.prior, seed=args.seed)
+                          survivors=args.survivors, prior=args.prior, seed=args.seed, budget=args.budget)
     selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
     checkpoint = args.checkpoint or args.output.with_name(args.output.name + ".checkpoint.npz")
     result = sparsify(args.model, args.data, config=config, method=args.method, compensate=not args.no_compensate,
                       selection=selection, eval_data=args.eval_data, output=args.output, checkpoint=checkpoint,
                       resume=args.resume, calibration_samples=args.limit, intra_op_threads=args.threads,
+                      workers=args.workers,
                       progress=_progress_line if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     if args.json:
         _print_json(result.to_dict())
         return 0
-    print(f"wrote {args.output}: sparsity {result.sparsity:.4f} ({result.method}) in {result.seconds:.1f} s")
+    stopped = f", stopped by the budget {args.budget}" if result.stopped == "budget" else ""
+    print(f"wrote {args.output}: sparsity {result.sparsity:.4f} ({result.method}{stopped}) in {result.seconds:.1f} s")
     for name, layer in result.layers.items():
         print(f"  {name:<40} {layer['sparsity']:.4f} of {layer['size']:,}")
     if result.fidelity:

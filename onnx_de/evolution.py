@@ -6,7 +6,8 @@ candidate is scored by the :class:`~onnx_de.scoring.Scorer` with its weights ten
 ``survivors`` candidates that add the least divergence per weight are zeroed for good. With a global target,
 layers compete, so the per-layer sparsity falls out of the selection; with per-layer targets, only layers below
 their target are drawn. ``k`` adapts: it is a fraction of what remains to remove, halved when a generation's
-damage jumps and regrown while damage stays flat.
+damage jumps and regrown while damage stays flat. With a fidelity budget, a generation that takes the primary
+metric on the calibration set below it is rolled back and the search stops there.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["SearchConfig", "SearchState", "evolve", "PRIORS"]
 log = logging.getLogger(__name__)
 
 PRIORS = ("uniform", "magnitude", "activation", "hessian")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class SearchConfig:
         max_layer_sparsity: no layer is pruned beyond this under a global target.
         seed: random seed; the same seed, data and model give identical masks.
         checkpoint_every: generations between checkpoints.
+        budget: the lowest primary fidelity metric (top-1 agreement, mask IoU, ...) on the calibration set the
+            search may reach; the generation that would go below it is undone and the search stops.
     """
 
     sparsity: float = 0.9
@@ -65,6 +68,7 @@ class SearchConfig:
     max_layer_sparsity: float = 0.99
     seed: int = 0
     checkpoint_every: int = 10
+    budget: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.sparsity < 1:
@@ -76,6 +80,8 @@ class SearchConfig:
             raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         if self.population < 1 or not 1 <= self.survivors <= self.population:
             raise ConfigError("population must be >= 1 and survivors between 1 and population")
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
         if not 0 < self.step <= 1 or not 0 < self.layer_step <= 1 or self.min_k < 1 or self.pool < 1:
             raise ConfigError("step and layer_step must be in (0, 1], min_k >= 1 and pool >= 1")
 
@@ -85,13 +91,15 @@ class SearchConfig:
 
 @dataclass
 class SearchState:
-    """Everything needed to continue a search: masks (True = alive), RNG, step scale, history."""
+    """Everything needed to continue a search: masks (True = alive), RNG, step scale, history, and why it
+    stopped (``None`` while it runs; ``target``, ``budget`` or ``caps``)."""
 
     masks: dict[str, np.ndarray]
     rng: np.random.Generator
     generation: int = 0
     scale: float = 1.0
     trajectory: list[dict] = field(default_factory=list)
+    stopped: str | None = None
 
     def zeros(self) -> int:
         return int(sum(m.size - np.count_nonzero(m) for m in self.masks.values()))
@@ -122,7 +130,8 @@ def evolve(
     """Run the DE search on ``scorer.weights`` (edited in place: pruned weights end at exactly zero).
 
     Args:
-        scorer: the Scorer, holding the student's current weights.
+        scorer: a :class:`~onnx_de.scoring.Scorer` or :class:`~onnx_de.parallel.ScorerPool`, holding the
+            student's current weights.
         config: search settings.
         saliency: per weight, a non-negative array of its elements' importance (ignored by ``uniform``).
         checkpoint: a file where the state is written atomically every ``config.checkpoint_every`` generations.
@@ -136,30 +145,45 @@ def evolve(
     targets = layer_targets(sizes, config)
     goal = int(round(config.sparsity * sum(sizes.values()))) if not config.per_layer else sum(targets.values())
     state = _initial_state(scorer, config, checkpoint if resume else None)
-    current = scorer.divergence()
-    while state.zeros() < goal:
+    while state.stopped is None:
+        if state.zeros() >= goal:
+            state.stopped = "target"
+            break
         started = time.perf_counter()
         remaining = goal - state.zeros()
         capacity = {n: targets[n] - (sizes[n] - int(np.count_nonzero(state.masks[n]))) for n in sizes}
         open_layers = [n for n in sizes if capacity[n] > 0]
         if not open_layers:
             log.warning("every layer is at its cap; stopping at %d of %d zeros", state.zeros(), goal)
+            state.stopped = "caps"
             break
         k = max(config.min_k, int(np.ceil(config.step * state.scale * remaining / config.survivors)))
         k = min(k, remaining)
         candidates = [_draw(state, open_layers, capacity, saliency, k, config) for _ in range(config.population)]
         current = scorer.refresh({name for name, _ in candidates})
+        scores = scorer.score_many(candidates)
         scored = sorted(
-            ((scorer.score(name, idx) - current) / len(idx), position, name, idx)
-            for position, (name, idx) in enumerate(candidates)
+            ((score - current) / len(idx), position, name, idx)
+            for position, (score, (name, idx)) in enumerate(zip(scores, candidates))
         )
-        removed = 0
-        for name, idx in _select(scored, config.survivors, remaining, capacity, state.masks):
+        accepted = _select(scored, config.survivors, remaining, capacity, state.masks)
+        saved = [(name, idx, scorer.weights[name].reshape(-1)[idx].copy()) for name, idx in accepted]
+        for name, idx in accepted:
             state.masks[name].reshape(-1)[idx] = False
             scorer.commit(name, idx)
-            removed += len(idx)
+        removed = sum(len(idx) for _, idx in accepted)
         before = current
-        current = scorer.divergence()
+        outputs = scorer.student_outputs()
+        current = scorer.divergence(outputs)
+        metric = scorer.primary_metric(outputs) if config.budget is not None else None
+        if metric is not None and metric < config.budget:
+            for name, idx, values in saved:  # undo this generation: the search ends within the budget
+                state.masks[name].reshape(-1)[idx] = True
+                scorer.weights[name].reshape(-1)[idx] = values
+            state.stopped = "budget"
+            log.info("generation %d would take %s to %.4f, below the budget %.4f: rolled back and stopped",
+                     state.generation + 1, scorer.spec.primary, metric, config.budget)
+            break
         per_weight = (current - before) / max(1, removed)
         state.scale = _adapt(state.scale, per_weight, [r["damage_per_weight"] for r in state.trajectory])
         state.generation += 1
@@ -172,6 +196,8 @@ def evolve(
             "damage_per_weight": per_weight,
             "candidates_per_s": config.population / max(time.perf_counter() - started, 1e-9),
         }
+        if metric is not None:
+            record["calibration_" + scorer.spec.primary] = metric
         state.trajectory.append(record)
         if progress:
             progress(record)
@@ -250,6 +276,7 @@ def save_checkpoint(path: Path, state: SearchState, config: SearchConfig) -> Non
         "scale": state.scale,
         "rng": state.rng.bit_generator.state,
         "trajectory": state.trajectory,
+        "stopped": state.stopped,
         "shapes": {n: list(m.shape) for n, m in state.masks.items()},
     }
     arrays = {f"mask/{n}": np.packbits(m.reshape(-1)) for n, m in state.masks.items()}
@@ -278,4 +305,4 @@ def load_checkpoint(path: Path, config: SearchConfig, shapes: dict[str, tuple]) 
     }
     rng = np.random.default_rng()
     rng.bit_generator.state = meta["rng"]
-    return SearchState(masks, rng, meta["generation"], meta["scale"], meta["trajectory"])
+    return SearchState(masks, rng, meta["generation"], meta["scale"], meta["trajectory"], meta["stopped"])

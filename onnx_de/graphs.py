@@ -82,13 +82,14 @@ class Downstream:
         return model
 
 
-def downstream_of(proto: onnx.ModelProto, weight: str) -> Downstream | None:
-    """The nodes affected by ``weight`` (a graph input of ``proto``) and what they read; ``None`` where
-    the graph has control flow (subgraphs may read outer tensors implicitly), so the whole graph must run."""
+def downstream_of(proto: onnx.ModelProto, tensors: list[str]) -> Downstream | None:
+    """The nodes affected by ``tensors`` (graph inputs of ``proto``: one weight's tensors) and what they read;
+    ``None`` where the graph has control flow (subgraphs may read outer tensors implicitly), so the whole graph
+    must run."""
     graph = proto.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return None
-    affected, nodes = {weight}, []
+    affected, nodes = set(tensors), []
     for node in graph.node:  # ONNX graphs are topologically sorted
         if any(name in affected for name in node.input):
             nodes.append(node)

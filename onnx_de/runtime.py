@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 64
 
 
-def create_session(model: Model, *, intra_op_threads: int | None = None, spin: bool = True) -> ort.InferenceSession:
+def create_session(model: Model, *, intra_op_threads: int | None = None, spin: bool = True,
+                   optimize: bool = True) -> ort.InferenceSession:
     """Open an ONNX Runtime CPU session on ``model``.
 
     Args:
@@ -26,6 +27,7 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
         intra_op_threads: threads per operator (ONNX Runtime's default, all cores, when ``None``).
         spin: let idle worker threads spin between runs. Turn it off where many sessions live side by side
             (the Scorer's per-layer sessions), or their idle threads steal the cores of the one running.
+        optimize: let ONNX Runtime optimize the graph; off for a graph it optimized already.
 
     Raises:
         ModelError: when ONNX Runtime cannot load the model (unsupported op, bad graph).
@@ -34,6 +36,8 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
     options.log_severity_level = 3
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:

@@ -1,9 +1,11 @@
 """The Scorer: how far a student's outputs are from the teacher's, on the calibration set, per candidate.
 
-Teacher outputs are computed once. The student is one ONNX Runtime session for the whole search: its
-prunable initializers are promoted to graph inputs (onnx-graphsurgeon) and fed through IO binding from
-OrtValues that wrap the current weight arrays without a copy, so a candidate is scored by zeroing its
-elements in place, running, and restoring them. Nothing is rebuilt or copied per candidate.
+Teacher outputs are computed once. The student is one ONNX Runtime session for the whole search, on the
+model's own graph or, where ONNX Runtime changes the convolutions' layout, on the graph it optimized
+(:mod:`onnx_de.runtime_graph`);
+the tensors derived from the prunable weights are graph inputs fed through IO binding from arrays shared with
+ONNX Runtime, so a candidate is scored by zeroing its elements there in place, running, and restoring them.
+Nothing is rebuilt or copied per candidate.
 
 Partial execution: :meth:`Scorer.refresh` runs the student once and keeps, for the layers about to be
 searched, the tensors their downstream part reads from upstream (the frontier). A candidate of such a layer
@@ -14,16 +16,24 @@ stale, so partial runs wait for the next refresh.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnxruntime as ort
 
 from .data import Dataset
-from .graphs import Downstream, downstream_of, expose_outputs, promote_weights
-from .metrics import MetricSpec, kl_from_log_probs, log_probabilities
+from .graphs import Downstream, downstream_of, expose_outputs
+from .metrics import MetricSpec, fidelity, kl_from_log_probs, log_probabilities
 from .model import Model
 from .runtime import create_session, fixed_batch, run_model
+from .runtime_graph import runtime_graph
 
 __all__ = ["Scorer", "divergence_kind"]
+
+log = logging.getLogger(__name__)
+
+_EPS = 1e-6  # probabilities are clipped to [_EPS, 1 - _EPS] in the binary KL
+
 
 def divergence_kind(spec: MetricSpec) -> str:
     """``kl`` for class logits, ``bkl`` (binary KL) for sigmoid maps, ``nmse`` otherwise."""
@@ -40,6 +50,9 @@ class Scorer:
         spec: the metric, which picks the divergence (:func:`divergence_kind`) and its output.
         intra_op_threads: ONNX Runtime threads per operator.
         partial: score candidates by partial execution after :meth:`refresh` (where the graph allows).
+        optimized_graph: run ONNX Runtime's optimized graph where it reproduces the model: always (``True``),
+            never (``False``), or where ONNX Runtime changed the convolutions' memory layout (``None``). The
+            choice is structural, not timed, so that the same seed gives the same masks on any run.
 
     Attributes:
         weights: the current student weights by name. During a search change them through :meth:`commit`;
@@ -48,27 +61,27 @@ class Scorer:
     """
 
     def __init__(self, model: Model, data: Dataset, weights: list[str], spec: MetricSpec,
-                 *, intra_op_threads: int | None = None, partial: bool = True) -> None:
+                 *, intra_op_threads: int | None = None, partial: bool = True,
+                 optimized_graph: bool | None = None) -> None:
         self.spec = spec
         self.kind = divergence_kind(spec)
         self.teacher_outputs = run_model(create_session(model, intra_op_threads=intra_op_threads), data)
         self.weights = {name: np.array(model.initializer(name), order="C") for name in weights}
         self._threads = intra_op_threads
         self._model = model
-        self._promoted = promote_weights(model.proto, weights)
-        self.session = self._session(self._promoted)
-        self._output_names = [o.name for o in self.session.get_outputs()]
-        self._weight_values = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in self.weights.items()}
-        size = fixed_batch(self.session, set(data.inputs)) or len(data)
-        self._slices = [slice(start, start + size) for start in range(0, len(data), size)]
-        self._batches = [
-            {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array[rows]))
-             for name, array in data.inputs.items()}
-            for rows in self._slices
-        ]
-        self._bindings = [self._binding(self.session, batch, self._output_names) for batch in self._batches]
-        self._teacher_log = log_probabilities(self.teacher_outputs[spec.output]) if self.kind == "kl" else None
-        self._downstream = {n: downstream_of(self._promoted, n) for n in weights} if partial else {}
+        self._prepare_divergence()
+        self._batches = []
+        graph = runtime_graph(model, weights, optimize=optimized_graph is not False)
+        if graph.optimized and optimized_graph is None and not graph.blocked_layout:
+            graph = runtime_graph(model, weights, optimize=False)  # no layout change: nothing to gain
+        self._use_graph(graph, data)
+        if graph.optimized and not self._reproduces_teacher():
+            log.warning("%s: ONNX Runtime's optimized graph does not reproduce the model; running the model's own",
+                        model.source)
+            self._use_graph(runtime_graph(model, weights, optimize=False), data)
+        self._downstream = {
+            n: downstream_of(self._runtime.proto, [p.tensor for p in self._runtime.placements[n]]) for n in weights
+        } if partial else {}
         self.partial = partial and all(part is not None for part in self._downstream.values())
         self._partial_sessions: dict[str, ort.InferenceSession] = {}
         self._frontier: ort.InferenceSession | None = None
@@ -76,8 +89,34 @@ class Scorer:
         self._outputs: list[np.ndarray] = []
         self._stale = True
 
+    def _use_graph(self, graph, data: Dataset) -> None:
+        """Open the student session on ``graph`` and bind its inputs: the data batches and the weight tensors."""
+        self._runtime = graph
+        self.session = self._session(graph.proto)
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self._weight_values = {n: ort.OrtValue.ortvalue_from_numpy(t) for n, t in graph.tensors.items()}
+        if not self._batches:
+            size = fixed_batch(self.session, set(data.inputs)) or len(data)
+            self._slices = [slice(start, start + size) for start in range(0, len(data), size)]
+            self._batches = [
+                {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array[rows]))
+                 for name, array in data.inputs.items()}
+                for rows in self._slices
+            ]
+        self._bindings = [self._binding(self.session, batch, self._output_names) for batch in self._batches]
+
+    def _reproduces_teacher(self) -> bool:
+        for teacher, student in zip(self.teacher_outputs, self.student_outputs()):
+            if teacher.shape != student.shape:
+                return False
+            t, s = teacher.astype(np.float64), student.astype(np.float64)
+            if np.linalg.norm(s - t) > 1e-3 * max(np.linalg.norm(t), 1e-12):
+                return False
+        return True
+
     def _session(self, proto) -> ort.InferenceSession:
-        return create_session(Model(proto, self._model.source, [], [], []), intra_op_threads=self._threads, spin=False)
+        return create_session(Model(proto, self._model.source, [], [], []), intra_op_threads=self._threads,
+                              spin=False, optimize=not self._runtime.optimized)
 
     def _binding(self, session: ort.InferenceSession, feeds: dict[str, ort.OrtValue], outputs: list[str]):
         """An IO binding of ``session``: the given feeds, every weight it reads, outputs on the CPU."""
@@ -102,7 +141,24 @@ class Scorer:
 
     def student_outputs(self) -> list[np.ndarray]:
         """The student's outputs on the calibration set with the current weights (a full run)."""
+        self._write_weights()
         return self._run(self.session, self._bindings)
+
+    def _write_weights(self) -> None:
+        """Copy every weight into the runtime tensors (the weights may have been edited since the last run)."""
+        for name, weight in self.weights.items():
+            self._runtime.write(name, weight)
+
+    def _prepare_divergence(self) -> None:
+        """Precompute the teacher's side of the divergence."""
+        teacher = self.teacher_outputs[self.spec.output]
+        if self.kind == "kl":
+            self._teacher_log = log_probabilities(teacher)
+        elif self.kind == "bkl":
+            t = np.clip(teacher.astype(np.float32), _EPS, 1 - _EPS)
+            self._teacher_terms = (t, np.log(t), np.log1p(-t))
+        else:
+            self._teacher_energy = [max(float(np.sum(t.astype(np.float64) ** 2)), 1e-12) for t in self.teacher_outputs]
 
     def divergence(self, outputs: list[np.ndarray] | None = None) -> float:
         """Divergence of the student (current weights, or the given outputs) from the teacher; 0 when equal."""
@@ -110,13 +166,14 @@ class Scorer:
         if self.kind == "kl":
             return kl_from_log_probs(self._teacher_log, log_probabilities(outputs[self.spec.output]))
         if self.kind == "bkl":
-            t = np.clip(self.teacher_outputs[self.spec.output].astype(np.float64), 1e-6, 1 - 1e-6)
-            s = np.clip(outputs[self.spec.output].astype(np.float64), 1e-6, 1 - 1e-6)
-            return float(np.mean(t * np.log(t / s) + (1 - t) * np.log((1 - t) / (1 - s))))
+            t, log_t, log_not_t = self._teacher_terms
+            s = np.clip(outputs[self.spec.output].astype(np.float32), _EPS, 1 - _EPS)
+            terms = t * (log_t - np.log(s)) + (1 - t) * (log_not_t - np.log1p(-s))
+            return float(np.mean(terms, dtype=np.float64))
         total = 0.0
-        for t, s in zip(self.teacher_outputs, outputs):
-            t64, s64 = t.astype(np.float64), s.astype(np.float64)
-            total += float(np.sum((s64 - t64) ** 2) / max(np.sum(t64**2), 1e-12))
+        for t, s, energy in zip(self.teacher_outputs, outputs, self._teacher_energy):
+            difference = s.astype(np.float64) - t
+            total += float(np.vdot(difference, difference)) / energy
         return total / len(outputs)
 
     def refresh(self, layers: set[str]) -> float:
@@ -124,6 +181,7 @@ class Scorer:
         if not self.partial:
             self._outputs = self.student_outputs()
             return self.divergence(self._outputs)
+        self._write_weights()
         layers = sorted(layers)
         frontier = sorted({t for name in layers for t in self._downstream[name].frontier})
         session = self._frontier_session()
@@ -146,29 +204,42 @@ class Scorer:
         """The full student with every layer's frontier tensors also exposed as outputs (built once)."""
         if self._frontier is None:
             frontier = [name for part in self._downstream.values() for name in part.frontier]
-            self._frontier = self._session(expose_outputs(self._promoted, frontier))
+            self._frontier = self._session(expose_outputs(self._runtime.proto, frontier))
         return self._frontier
 
     def _partial_session(self, name: str, part: Downstream, examples: dict) -> ort.InferenceSession:
         if name not in self._partial_sessions:
-            self._partial_sessions[name] = self._session(part.model(self._promoted, examples))
+            self._partial_sessions[name] = self._session(part.model(self._runtime.proto, examples))
         return self._partial_sessions[name]
 
     def score(self, name: str, indices: np.ndarray) -> float:
         """Divergence with the elements ``indices`` (flat) of weight ``name`` tentatively zeroed."""
-        flat = self.weights[name].reshape(-1)
-        saved = flat[indices].copy()
-        flat[indices] = 0
-        try:
-            if self._stale or name not in self._partial_bindings:
+        if self._stale or name not in self._partial_bindings:
+            saved = self.weights[name].reshape(-1)[indices].copy()
+            self.weights[name].reshape(-1)[indices] = 0
+            try:
                 return self.divergence()
+            finally:
+                self.weights[name].reshape(-1)[indices] = saved
+                self._runtime.write(name, self.weights[name], indices)
+        self._runtime.zero(name, indices)
+        try:
             part = self._downstream[name]
             changed = dict(zip(part.outputs, self._run(self._partial_sessions[name], self._partial_bindings[name])))
             return self.divergence([changed.get(o, current) for o, current in zip(self._output_names, self._outputs)])
         finally:
-            flat[indices] = saved
+            self._runtime.write(name, self.weights[name], indices)
+
+    def score_many(self, candidates: list[tuple[str, np.ndarray]]) -> list[float]:
+        """:meth:`score` of each ``(weight name, flat indices)`` candidate, in order."""
+        return [self.score(name, indices) for name, indices in candidates]
+
+    def primary_metric(self, outputs: list[np.ndarray]) -> float:
+        """The metric's primary fidelity number (higher is better) of student ``outputs`` on the calibration set."""
+        return float(fidelity(self.teacher_outputs, outputs, self.spec)[self.spec.primary])
 
     def commit(self, name: str, indices: np.ndarray) -> None:
         """Zero the elements ``indices`` (flat) of weight ``name`` for good; frontiers become stale."""
         self.weights[name].reshape(-1)[indices] = 0
+        self._runtime.zero(name, indices)
         self._stale = True

@@ -18,6 +18,7 @@ from .evaluate import evaluate, resolve_metric
 from .evolution import SearchConfig, evolve, layer_targets
 from .fileio import atomic_write_bytes
 from .model import Model, WeightSelection
+from .parallel import ScorerPool
 from .scoring import Scorer
 from .zoo import open_model
 
@@ -43,12 +44,14 @@ class SparsifyResult:
     compensated: dict[str, bool] = field(default_factory=dict)
     fidelity: dict | None = None
     seconds: float = 0.0
+    stopped: str | None = None
 
     def to_dict(self) -> dict:
         return {
             "method": self.method, "config": self.config, "sparsity": self.sparsity,
             "calibration_divergence": self.divergence, "layers": self.layers, "compensated": self.compensated,
             "trajectory": self.trajectory, "fidelity": self.fidelity, "seconds": self.seconds,
+            "stopped": self.stopped,
         }
 
 
@@ -76,6 +79,7 @@ def sparsify(
     resume: bool = False,
     calibration_samples: int | None = None,
     intra_op_threads: int | None = None,
+    workers: int = 1,
     progress=None,
 ) -> SparsifyResult:
     """Zero a fraction of ``model``'s prunable weights while keeping its outputs close to the original's.
@@ -95,7 +99,8 @@ def sparsify(
             is written.
         resume: continue from ``checkpoint``.
         calibration_samples: use at most this many calibration samples.
-        intra_op_threads: ONNX Runtime threads per operator.
+        intra_op_threads: ONNX Runtime threads per operator (per worker).
+        workers: Scorer replicas that score a generation's candidates in parallel threads (DE only).
         progress: callback receiving each generation's record.
 
     Example:
@@ -104,6 +109,8 @@ def sparsify(
     """
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     config = config or SearchConfig()
     started = time.perf_counter()
     teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
@@ -111,15 +118,18 @@ def sparsify(
     spec = resolve_metric(None, teacher, data, model)
     prunable = teacher.prunable
     names = [w.name for w in prunable]
-    scorer = Scorer(teacher, calibration, names, spec, intra_op_threads=intra_op_threads)
+    scorer = (ScorerPool(teacher, calibration, names, spec, workers=workers, intra_op_threads=intra_op_threads)
+              if workers > 1 and method == "de" else Scorer(teacher, calibration, names, spec,
+                                                             intra_op_threads=intra_op_threads))
     probe = LayerProbe(teacher, prunable, calibration, intra_op_threads=intra_op_threads)
     prior = {"de": config.prior, "magnitude": "magnitude", "wanda": "activation"}[method]
     importance = layer_saliency(probe, prior)
     trajectory: list[dict] = []
+    stopped = None
     if method == "de":
         state = evolve(scorer, config, importance, checkpoint=Path(checkpoint) if checkpoint else None,
                        resume=resume, progress=progress)
-        masks, trajectory = state.masks, state.trajectory
+        masks, trajectory, stopped = state.masks, state.trajectory, state.stopped
     else:
         masks = prune_by_saliency(importance, config)
         for name, mask in masks.items():
@@ -144,7 +154,7 @@ def sparsify(
     return SparsifyResult(
         student=student, masks=masks, method=method, config=config.to_dict(), layers=layers,
         sparsity=zeros / total, divergence=scorer.divergence(), trajectory=trajectory, compensated=compensated,
-        fidelity=fidelity, seconds=time.perf_counter() - started,
+        fidelity=fidelity, seconds=time.perf_counter() - started, stopped=stopped,
     )
 
 

@@ -93,6 +93,10 @@ def bad_inputs(tmp_path_factory):
         (("eval", "zoo:mnist-mlp", "zoo:mnist-lenet5", "--data", "zoo:mnist-mlp"), "differ from the teacher"),
         (("eval", "zoo:mnist-mlp", "zoo:mnist-mlp", "--data", "{bad}"), "needs a preprocessing spec"),
         (("zoo", "path", "yolov3"), "no zoo model 'yolov3'"),
+        (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--budget", "1.5"),
+         "budget must be in (0, 1]"),
+        (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--workers", "0"),
+         "workers must be >= 1"),
     ],
 )
 def test_bad_inputs_get_one_line_errors(bad_inputs, args, expected):

@@ -119,3 +119,30 @@ def test_bad_targets_are_config_errors():
         SearchConfig(prior="oracle")
     with pytest.raises(ConfigError, match="no per-layer target matches"):
         sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(per_layer={"conv9": 0.5}))
+
+
+def test_budget_stops_the_search_before_calibration_agreement_falls_below_it():
+    config = SearchConfig(sparsity=0.98, budget=0.97)
+    result = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=config, compensate=False, calibration_samples=256)
+    assert result.stopped == "budget" and result.sparsity < 0.98
+    assert all(r["calibration_top1_agreement"] >= 0.97 for r in result.trajectory)
+    calibration = onnx_de.load_data("zoo:mnist-mlp", result.student, split="calibration", limit=256)
+    assert onnx_de.evaluate("zoo:mnist-mlp", result.student, calibration)["top1_agreement"] >= 0.97
+    assert result.to_dict()["stopped"] == "budget"
+
+
+def test_a_pool_of_scorer_replicas_scores_like_one_scorer(lenet):
+    from onnx_de.parallel import ScorerPool
+
+    data = onnx_de.load_data("zoo:mnist-lenet5", lenet, limit=64)
+    names = [w.name for w in lenet.prunable]
+    spec = onnx_de.MetricSpec("classification")
+    one, pool = Scorer(lenet, data, names, spec, intra_op_threads=1), ScorerPool(lenet, data, names, spec, workers=2)
+    rng = np.random.default_rng(0)
+    candidates = [(n, rng.choice(one.weights[n].size, 50, replace=False)) for n in rng.choice(names, 5)]
+    assert pool.refresh(set(names)) == pytest.approx(one.refresh(set(names)), abs=1e-9)
+    np.testing.assert_allclose(pool.score_many(candidates), one.score_many(candidates), rtol=1e-4)
+    pool.commit(names[0], np.arange(100))
+    one.commit(names[0], np.arange(100))
+    assert pool.refresh({names[1]}) == pytest.approx(one.refresh({names[1]}), rel=1e-4)
+    assert all((replica.weights[names[0]].reshape(-1)[:100] == 0).all() for replica in pool.replicas)

@@ -1,0 +1,80 @@
+"""Scoring a generation's candidates in parallel: :class:`Scorer` replicas driven from threads.
+
+The search talks to its scorer through ``refresh``, ``score_many``, ``commit``, ``student_outputs``,
+``divergence``, ``primary_metric``, ``weights``, ``spec`` and ``teacher_outputs``. :class:`ScorerPool` offers
+the same over several replicas, each with its own ONNX Runtime sessions and weight copies, so that the
+candidates of one generation are scored side by side (ONNX Runtime releases the GIL while it runs). Replica 0
+holds the weights of record; the others copy them at each refresh. A distributed pool implements the same
+methods.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .data import Dataset
+from .errors import ConfigError
+from .metrics import MetricSpec
+from .model import Model
+from .scoring import Scorer
+
+__all__ = ["ScorerPool"]
+
+
+class ScorerPool:
+    """``workers`` Scorer replicas; candidates are dealt out round-robin and scored in parallel threads.
+
+    Args:
+        model, data, weights, spec: as for :class:`~onnx_de.scoring.Scorer`.
+        workers: number of replicas (and threads).
+        intra_op_threads: ONNX Runtime threads per replica (default: the cores shared out among the workers).
+        optimized_graph: as for :class:`~onnx_de.scoring.Scorer`.
+    """
+
+    def __init__(self, model: Model, data: Dataset, weights: list[str], spec: MetricSpec, *, workers: int,
+                 intra_op_threads: int | None = None, optimized_graph: bool | None = None) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        threads = intra_op_threads or max(1, (os.cpu_count() or 1) // workers)
+        self.replicas = [
+            Scorer(model, data, weights, spec, intra_op_threads=threads, optimized_graph=optimized_graph)
+            for _ in range(workers)
+        ]
+        primary = self.replicas[0]
+        self.weights = primary.weights
+        self.spec = primary.spec
+        self.teacher_outputs = primary.teacher_outputs
+
+    def refresh(self, layers: set[str]) -> float:
+        """Copy the weights of record into every replica and refresh them all; return the divergence."""
+        for replica in self.replicas[1:]:
+            for name, weight in self.weights.items():
+                np.copyto(replica.weights[name], weight)
+        with ThreadPoolExecutor(len(self.replicas)) as pool:
+            return list(pool.map(lambda replica: replica.refresh(layers), self.replicas))[0]
+
+    def score_many(self, candidates: list[tuple[str, np.ndarray]]) -> list[float]:
+        """The candidates' divergences, in order; replica ``i`` scores candidates ``i, i + workers, ...``."""
+        count = len(self.replicas)
+        with ThreadPoolExecutor(count) as pool:
+            shares = list(pool.map(lambda i: self.replicas[i].score_many(candidates[i::count]), range(count)))
+        scores = [0.0] * len(candidates)
+        for i, share in enumerate(shares):
+            scores[i::count] = share
+        return scores
+
+    def commit(self, name: str, indices: np.ndarray) -> None:
+        for replica in self.replicas:
+            replica.commit(name, indices)
+
+    def student_outputs(self) -> list[np.ndarray]:
+        return self.replicas[0].student_outputs()
+
+    def divergence(self, outputs: list[np.ndarray] | None = None) -> float:
+        return self.replicas[0].divergence(outputs)
+
+    def primary_metric(self, outputs: list[np.ndarray]) -> float:
+        return self.replicas[0].primary_metric(outputs)
