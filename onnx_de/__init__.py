@@ -1,7 +1,8 @@
 """onnx-de: make exported ONNX models many times smaller while they keep behaving like the original.
 
 The public API: load a model and find its prunable weights, load calibration and evaluation data, run
-teacher and student in ONNX Runtime and measure fidelity, sparsify by Directed Evolution, and reach the zoo.
+teacher and student in ONNX Runtime and measure fidelity, sparsify by Directed Evolution, quantize the surviving
+weights, and reach the zoo.
 """
 
 from .data import Dataset, Preprocess, load_data
@@ -10,6 +11,7 @@ from .evaluate import evaluate
 from .evolution import SearchConfig
 from .metrics import MetricSpec, fidelity
 from .model import Model, TensorSpec, WeightInfo, WeightSelection, load_model
+from .quantize import QuantizeResult, quantize
 from .runtime import create_session, run_model
 from .sparsify import SparsifyResult, sparsify
 from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
@@ -25,6 +27,7 @@ __all__ = [
     "ModelError",
     "OnnxDeError",
     "Preprocess",
+    "QuantizeResult",
     "SearchConfig",
     "SparsifyResult",
     "TensorSpec",
@@ -39,6 +42,7 @@ __all__ = [
     "load_data",
     "load_model",
     "open_model",
+    "quantize",
     "run_model",
     "sparsify",
     "zoo_entries",

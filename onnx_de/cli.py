@@ -20,6 +20,8 @@ from .evaluate import evaluate
 from .metrics import METRICS
 from .model import WeightSelection
 from .evolution import PRIORS, SearchConfig
+from .quantize import quantize
+from .quantizers import SCHEMES
 from .sparsify import METHODS, sparsify
 from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
 
@@ -84,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_selection(sp)
+
+    qz = commands.add_parser("quantize", help="quantize surviving weights, fewest bits per layer within a budget")
+    qz.add_argument("model", help="an .onnx file (a sparse student, typically) or zoo:NAME")
+    _add_data(qz, default_split="calibration")
+    qz.add_argument("-o", "--output", type=Path, required=True, help="the .onnx with quantized initializers")
+    qz.add_argument("--bits", type=_parse_bits, default="auto", help="1 to 8, or auto (default; needs --budget)")
+    qz.add_argument("--budget", type=float, metavar="MIN",
+                    help="with --bits auto: the lowest primary fidelity metric on the calibration data")
+    qz.add_argument("--scheme", choices=SCHEMES, default="codebook", help="levels (default %(default)s)")
+    qz.add_argument("--asymmetric", action="store_true", help="uniform: windows fitted to each range")
+    qz.add_argument("--per-tensor", action="store_true", help="uniform: one scale per tensor, not per channel")
+    qz.add_argument("--unweighted", action="store_true", help="minimise weight error, not input-weighted error")
+    qz.add_argument("--teacher", help="measure fidelity against this model (the original of a sparse student)")
+    qz.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
+    qz.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    qz.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_selection(qz)
 
     demo = commands.add_parser("demo", help="run onnx-de on the bundled mnist-mlp")
     demo.add_argument("-o", "--output", type=Path, default=Path("onnx-de-demo"), help="output folder")
@@ -255,6 +274,33 @@ def _sparsify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_bits(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bits must be an integer from 1 to 8 or auto, got {text!r}") from None
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
+    result = quantize(args.model, args.data, bits=args.bits, budget=args.budget, scheme=args.scheme,
+                      symmetric=not args.asymmetric, per_channel=not args.per_tensor, weighted=not args.unweighted,
+                      teacher=args.teacher, selection=selection, eval_data=args.eval_data, output=args.output,
+                      calibration_samples=args.limit, intra_op_threads=args.threads)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"wrote {args.output}: {result.scheme}, {result.average_bits:.2f} bits per surviving weight "
+          f"in {result.seconds:.1f} s")
+    for name, layer in result.layers.items():
+        print(f"  {name:<40} {layer['bits']} bits, {layer['survivors']:,} of {layer['size']:,} weights")
+    if result.fidelity:
+        print(format_fidelity(result.fidelity))
+    return 0
+
+
 def _progress_line(record: dict) -> None:
     print(f"\rgeneration {record['generation']:>5}  sparsity {record['sparsity']:.4f}  "
           f"divergence {record['divergence']:.3g}  {record['candidates_per_s']:.0f} candidates/s",
@@ -268,5 +314,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"inspect": _inspect, "eval": _eval, "sparsify": _sparsify, "zoo": _zoo, "demo": _demo}
+_COMMANDS = {"inspect": _inspect, "eval": _eval, "sparsify": _sparsify, "quantize": _quantize, "zoo": _zoo,
+             "demo": _demo}
 

@@ -3,8 +3,10 @@
 Compensation refits, per output channel, the surviving weights of a layer by ridge regression so that its
 pre-activation on the student's own inputs matches the teacher's pre-activation on the teacher's inputs:
 ``min ||X_s[:, S] w_S - X_t w_t||^2 + lambda ||w_S||^2``. Layers are refit in graph order, each on inputs
-captured from the already-refit student, so errors do not accumulate. Zeroed weights stay exactly zero, and a
-layer whose refit does not lower the Scorer's divergence is put back as it was.
+captured from the already-refit student, so errors do not accumulate. Zeroed weights stay exactly zero; a
+channel with fewer than ``ROWS_PER_UNKNOWN`` regression rows per surviving weight is left as it is (with 64
+calibration images, a 1280-input classifier would otherwise be fit to noise), and a layer whose refit does not
+lower the Scorer's divergence is put back as it was.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from .runtime import create_session, fixed_batch
 from .graphs import expose_outputs, promote_weights
 from .scoring import Scorer
 
-__all__ = ["LayerProbe", "saliency", "compensate"]
+__all__ = ["LayerProbe", "saliency", "input_energy", "compensate"]
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16384  # rows (samples x positions) of the regression, subsampled beyond this
+ROWS_PER_UNKNOWN = 2  # a channel is refit only from at least this many rows per surviving weight
 
 
 @dataclass(frozen=True)
@@ -143,18 +146,30 @@ def _supported(layer: _Layer) -> bool:
 def saliency(probe: LayerProbe, prior: str) -> dict[str, np.ndarray]:
     """Per weight, each element's importance under ``prior`` (lower = drawn first as a candidate)."""
     result = {}
-    for name, layer in probe.layers.items():
+    for name in probe.layers:
         magnitude = np.abs(probe.teacher[name])
-        if prior in ("uniform", "magnitude") or not _supported(layer):
+        energy = None if prior in ("uniform", "magnitude") else input_energy(probe, name)
+        if energy is None:
             result[name] = magnitude
-            continue
-        x = probe.capture(name)
-        rows = _rows_matrix(layer, magnitude).astype(np.float64)
-        for matrix, channels in _design(layer, x, _sample_rows(x, layer, 0)):
-            rows[channels] *= np.sqrt(np.mean(matrix.astype(np.float64) ** 2, axis=0))[None, :]
-        value = _from_rows(layer, rows, magnitude.shape)
-        result[name] = value**2 if prior == "hessian" else value
+        elif prior == "hessian":
+            result[name] = magnitude.astype(np.float64) ** 2 * energy
+        else:
+            result[name] = magnitude * np.sqrt(energy)
     return result
+
+
+def input_energy(probe: LayerProbe, name: str) -> np.ndarray | None:
+    """Per element of weight ``name``, the mean square of the teacher's input it multiplies (the diagonal of
+    the layer's Gauss-Newton Hessian); ``None`` for a layer kind the probe cannot unfold."""
+    layer = probe.layers[name]
+    if not _supported(layer):
+        return None
+    x = probe.capture(name)
+    shape = probe.teacher[name].shape
+    rows = np.ones_like(_rows_matrix(layer, probe.teacher[name]), dtype=np.float64)
+    for matrix, channels in _design(layer, x, _sample_rows(x, layer, 0)):
+        rows[channels] *= np.mean(matrix.astype(np.float64) ** 2, axis=0)[None, :]
+    return _from_rows(layer, rows, shape)
 
 
 def _sample_rows(x: np.ndarray, layer: _Layer, seed: int) -> np.ndarray | None:
@@ -178,6 +193,7 @@ def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], 
         rows = _sample_rows(x_t, layer, 1)
         teacher_rows = _rows_matrix(layer, probe.teacher[name]).astype(np.float64)
         mask_rows = _rows_matrix(layer, masks[name])
+        current_rows = _rows_matrix(layer, original).astype(np.float64)
         refit = np.zeros_like(teacher_rows)
         for (a_t, channels), (a_s, _) in zip(_design(layer, x_t, rows), _design(layer, x_s, rows)):
             a_s64 = a_s.astype(np.float64)
@@ -186,6 +202,9 @@ def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], 
             damping = ridge * max(float(np.trace(gram)) / len(gram), 1e-12)
             for channel in range(*channels.indices(len(teacher_rows))):
                 support = np.flatnonzero(mask_rows[channel])
+                if len(a_s) < ROWS_PER_UNKNOWN * len(support):  # too few rows: the refit would fit noise
+                    refit[channel] = current_rows[channel]
+                    continue
                 if not len(support):
                     continue
                 rhs = cross[support] @ teacher_rows[channel]

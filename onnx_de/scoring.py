@@ -50,6 +50,8 @@ class Scorer:
         spec: the metric, which picks the divergence (:func:`divergence_kind`) and its output.
         intra_op_threads: ONNX Runtime threads per operator.
         partial: score candidates by partial execution after :meth:`refresh` (where the graph allows).
+        reference: the model whose outputs the student must match (default: ``model`` itself, the usual
+            case; the original model when ``model`` is already a compressed student).
         optimized_graph: run ONNX Runtime's optimized graph where it reproduces the model: always (``True``),
             never (``False``), or where ONNX Runtime changed the convolutions' memory layout (``None``). The
             choice is structural, not timed, so that the same seed gives the same masks on any run.
@@ -62,10 +64,12 @@ class Scorer:
 
     def __init__(self, model: Model, data: Dataset, weights: list[str], spec: MetricSpec,
                  *, intra_op_threads: int | None = None, partial: bool = True,
-                 optimized_graph: bool | None = None) -> None:
+                 optimized_graph: bool | None = None, reference: Model | None = None) -> None:
         self.spec = spec
         self.kind = divergence_kind(spec)
-        self.teacher_outputs = run_model(create_session(model, intra_op_threads=intra_op_threads), data)
+        own_outputs = run_model(create_session(model, intra_op_threads=intra_op_threads), data)
+        self.teacher_outputs = own_outputs if reference is None else run_model(
+            create_session(reference, intra_op_threads=intra_op_threads), data)
         self.weights = {name: np.array(model.initializer(name), order="C") for name in weights}
         self._threads = intra_op_threads
         self._model = model
@@ -75,7 +79,7 @@ class Scorer:
         if graph.optimized and optimized_graph is None and not graph.blocked_layout:
             graph = runtime_graph(model, weights, optimize=False)  # no layout change: nothing to gain
         self._use_graph(graph, data)
-        if graph.optimized and not self._reproduces_teacher():
+        if graph.optimized and not self._reproduces(own_outputs):
             log.warning("%s: ONNX Runtime's optimized graph does not reproduce the model; running the model's own",
                         model.source)
             self._use_graph(runtime_graph(model, weights, optimize=False), data)
@@ -105,8 +109,9 @@ class Scorer:
             ]
         self._bindings = [self._binding(self.session, batch, self._output_names) for batch in self._batches]
 
-    def _reproduces_teacher(self) -> bool:
-        for teacher, student in zip(self.teacher_outputs, self.student_outputs()):
+    def _reproduces(self, expected: list[np.ndarray]) -> bool:
+        """Whether the student session, with the model's weights, gives the model's outputs ``expected``."""
+        for teacher, student in zip(expected, self.student_outputs()):
             if teacher.shape != student.shape:
                 return False
             t, s = teacher.astype(np.float64), student.astype(np.float64)
@@ -214,16 +219,22 @@ class Scorer:
 
     def score(self, name: str, indices: np.ndarray) -> float:
         """Divergence with the elements ``indices`` (flat) of weight ``name`` tentatively zeroed."""
-        if self._stale or name not in self._partial_bindings:
-            saved = self.weights[name].reshape(-1)[indices].copy()
-            self.weights[name].reshape(-1)[indices] = 0
-            try:
-                return self.divergence()
-            finally:
-                self.weights[name].reshape(-1)[indices] = saved
-                self._runtime.write(name, self.weights[name], indices)
-        self._runtime.zero(name, indices)
+        return self._tentative(name, lambda: self._runtime.zero(name, indices), indices)
+
+    def score_values(self, name: str, values: np.ndarray) -> float:
+        """Divergence with weight ``name`` tentatively replaced by ``values`` (a quantized version, say)."""
+        return self._tentative(name, lambda: self._runtime.write(name, values), None)
+
+    def _tentative(self, name: str, change, indices: np.ndarray | None) -> float:
+        """Apply ``change`` to the runtime tensors of ``name``, score, and put back its elements ``indices``
+        (all of them when ``None``) from the weights of record."""
+        partial = not self._stale and name in self._partial_bindings
+        if not partial:
+            self._write_weights()
+        change()
         try:
+            if not partial:
+                return self.divergence(self._run(self.session, self._bindings))
             part = self._downstream[name]
             changed = dict(zip(part.outputs, self._run(self._partial_sessions[name], self._partial_bindings[name])))
             return self.divergence([changed.get(o, current) for o, current in zip(self._output_names, self._outputs)])

@@ -62,6 +62,17 @@ def test_demo_writes_its_outputs(tmp_path):
     assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+def test_quantize_writes_a_model_with_integer_weights(tmp_path):
+    output = tmp_path / "q.onnx"
+    done = cli("quantize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "--bits", "6", "--scheme", "uniform",
+               "-o", str(output), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["average_bits"] == 6 and result["fidelity"]["top1_agreement"] >= 0.98
+    stored = {t.name: t.data_type for t in onnx.load(str(output)).graph.initializer}
+    assert stored["fc1.weight.quantized"] == onnx.TensorProto.INT8 and "fc1.weight" not in stored
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
@@ -97,6 +108,11 @@ def bad_inputs(tmp_path_factory):
          "budget must be in (0, 1]"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--workers", "0"),
          "workers must be >= 1"),
+        (("quantize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/q.onnx"), "need a fidelity budget"),
+        (("quantize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/q.onnx", "--bits", "0"),
+         "bits must be 'auto' or an integer from 1 to 8"),
+        (("quantize", "{bad}/relu.onnx", "--data", "zoo:mnist-mlp", "-o", "{bad}/q.onnx", "--bits", "4"),
+         "nothing to prune"),
     ],
 )
 def test_bad_inputs_get_one_line_errors(bad_inputs, args, expected):

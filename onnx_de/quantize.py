@@ -1,0 +1,142 @@
+"""``quantize``: the fewest bits per layer for a model's surviving weights, written as a standard ONNX model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from .allocation import search_bits
+from .compensate import LayerProbe, input_energy
+from .data import Dataset, load_data
+from .errors import ConfigError
+from .evaluate import evaluate, resolve_metric
+from .export import export_quantized
+from .fileio import atomic_write_bytes
+from .model import Model, WeightSelection, load_model
+from .quantizers import MAX_BITS, SCHEMES, QuantizedTensor, quantize_tensor
+from .scoring import Scorer
+from .zoo import open_model
+
+__all__ = ["QuantizeResult", "quantize"]
+
+
+@dataclass
+class QuantizeResult:
+    """What ``quantize`` did: the exported student, per-layer bits and scheme, and fidelity."""
+
+    student: Model
+    quantized: dict[str, QuantizedTensor]
+    scheme: str
+    layers: dict[str, dict]
+    average_bits: float
+    calibration_metric: float | None = None
+    fidelity: dict | None = None
+    seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "scheme": self.scheme, "settings": self.settings, "average_bits": self.average_bits,
+            "calibration_metric": self.calibration_metric, "layers": self.layers, "fidelity": self.fidelity,
+            "seconds": self.seconds,
+        }
+
+
+def quantize(
+    model: str | Path | Model,
+    data: str | Path | Dataset,
+    *,
+    bits: int | str = "auto",
+    budget: float | None = None,
+    scheme: str = "codebook",
+    symmetric: bool = True,
+    per_channel: bool = True,
+    weighted: bool = True,
+    teacher: str | Path | Model | None = None,
+    selection: WeightSelection | None = None,
+    eval_data: str | Path | Dataset | None = None,
+    output: str | Path | None = None,
+    calibration_samples: int | None = None,
+    intra_op_threads: int | None = None,
+) -> QuantizeResult:
+    """Quantize the non-zero prunable weights of ``model`` and export a model with quantized initializers.
+
+    Args:
+        model: the model to quantize (typically a sparse student; path, Model or ``zoo:NAME``).
+        data: calibration data (``zoo:NAME`` uses its calibration split).
+        bits: bits per surviving weight for every layer (1 to 8), or ``auto`` to search per layer.
+        budget: with ``bits="auto"``: the lowest primary fidelity metric on the calibration set allowed.
+        scheme: ``codebook`` (Lloyd-Max levels) or ``uniform`` (DequantizeLinear grids).
+        symmetric: uniform only: symmetric windows, else windows fitted to each range.
+        per_channel: uniform only: one scale per output channel, else one per tensor.
+        weighted: weight the squared error by the energy of each element's input (output error).
+        teacher: the model fidelity is measured against (default: ``model``); pass the original model when
+            ``model`` is its sparse student.
+        selection: which weights are quantized.
+        eval_data: data for the reported fidelity (default: the evaluation split of ``zoo:NAME`` data).
+        output: where to write the quantized ONNX model (atomically).
+        calibration_samples: use at most this many calibration samples.
+        intra_op_threads: ONNX Runtime threads per operator.
+    """
+    started = time.perf_counter()
+    if scheme not in SCHEMES:
+        raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if bits != "auto" and (not isinstance(bits, int) or not 1 <= bits <= MAX_BITS):
+        raise ConfigError(f"bits must be 'auto' or an integer from 1 to {MAX_BITS}, got {bits!r}")
+    if bits == "auto" and budget is None:
+        raise ConfigError("automatic bits need a fidelity budget (--budget / budget=, e.g. 0.98)")
+    if budget is not None and not 0 < budget <= 1:
+        raise ConfigError(f"budget must be in (0, 1], got {budget}")
+    student_in = open_model(model, selection or WeightSelection(), require_prunable=True)
+    reference = open_model(teacher) if teacher is not None else None
+    calibration = load_data(data, student_in, split="calibration", limit=calibration_samples)
+    spec = resolve_metric(None, student_in, data, model)
+    weights = [w for w in student_in.prunable if w.dtype == "float32"]
+    if not weights:
+        raise ConfigError(f"{student_in.source}: no float32 weight to quantize")
+    energies = {w.name: None for w in weights}
+    if weighted:
+        probe = LayerProbe(student_in, weights, calibration, intra_op_threads=intra_op_threads)
+        energies = {w.name: input_energy(probe, w.name) for w in weights}
+
+    def quantized_at(width: int) -> dict[str, QuantizedTensor]:
+        return {
+            w.name: quantize_tensor(student_in.initializer(w.name), width, scheme, symmetric=symmetric,
+                                    axis=w.out_axis if per_channel else None, energy=energies[w.name])
+            for w in weights
+        }
+
+    calibration_metric = None
+    if bits == "auto":
+        options = {width: quantized_at(width) for width in range(1, MAX_BITS + 1)}
+        by_layer = {w.name: {width: options[width][w.name] for width in options} for w in weights}
+        scorer = Scorer(student_in, calibration, [w.name for w in weights], spec,
+                        intra_op_threads=intra_op_threads, reference=reference)
+        chosen, calibration_metric = search_bits(scorer, by_layer, budget)
+        quantized = {name: by_layer[name][width] for name, width in chosen.items()}
+    else:
+        quantized = quantized_at(bits)
+    exported = export_quantized(student_in, quantized)
+    student = load_model(exported)
+    if output is not None:
+        atomic_write_bytes(output, student.serialized())
+    evaluation = eval_data if eval_data is not None else (data if str(data).startswith("zoo:") else None)
+    fidelity = None
+    if evaluation is not None:
+        fidelity = evaluate(reference or student_in, student, evaluation, metric=spec, intra_op_threads=intra_op_threads)
+    survivors = sum(q.survivors for q in quantized.values())
+    layers = {
+        name: {"bits": q.bits, "scheme": q.scheme, "survivors": q.survivors, "size": int(q.levels.size),
+               "levels": int(len(q.codebook)) if q.codebook is not None else 2**q.bits}
+        for name, q in quantized.items()
+    }
+    settings = {"bits": bits, "budget": budget, "symmetric": symmetric, "per_channel": per_channel,
+                "weighted": weighted}
+    return QuantizeResult(
+        student=student, quantized=quantized, scheme=scheme, layers=layers,
+        average_bits=float(sum(q.bits * q.survivors for q in quantized.values()) / max(survivors, 1)),
+        calibration_metric=calibration_metric, fidelity=fidelity, seconds=time.perf_counter() - started,
+        settings=settings,
+    )

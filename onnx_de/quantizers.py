@@ -1,0 +1,177 @@
+"""Quantizers for the surviving (non-zero) weights: uniform grids and fitted codebooks, 1 to 8 bits.
+
+A weight's zeros are its mask: they stay exactly zero and cost no level, so ``bits`` counts the levels of the
+survivors alone (``2**bits`` of them), and a survivor never rounds to zero.
+
+- ``uniform``: levels ``k * scale`` for non-zero integers ``k`` in a window that contains zero, so that
+  ONNX's ``DequantizeLinear`` (``(q - zero_point) * scale``) can express every level and the zeros. Symmetric
+  windows are ``[-2**(bits-1), 2**(bits-1)]``; asymmetric ones slide to fit the weights' range. Per tensor or
+  per output channel; the scale is chosen among clipped ranges to minimise the (weighted) squared error.
+- ``codebook``: ``2**bits`` free levels fitted by Lloyd-Max (1-D k-means), optionally weighted per element
+  by the energy of the input it multiplies, so that levels minimise output error rather than weight error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["SCHEMES", "QuantizedTensor", "quantize_tensor"]
+
+SCHEMES = ("uniform", "codebook")
+MAX_BITS = 8
+_CLIP_RATIOS = np.linspace(0.35, 1.0, 27)  # fractions of the largest magnitude tried as the grid's end
+_LLOYD_ITERATIONS = 30
+
+
+@dataclass
+class QuantizedTensor:
+    """One weight's survivors as integer levels, and how to turn them back into floats.
+
+    Attributes:
+        scheme: ``uniform`` or ``codebook``.
+        bits: bits per surviving weight.
+        levels: integers shaped like the weight, 0 exactly where it is zero. Uniform: ``k`` (value
+            ``k * scale``); codebook: ``1 + index`` into ``codebook``.
+        scale: uniform only: one scale (per tensor) or one per output channel.
+        window_low: uniform only: the lowest ``k`` of the window (per tensor or per channel); ``-window_low``
+            is the zero point of an unsigned export.
+        axis: uniform per-channel: the output-channel axis; ``None`` per tensor.
+        codebook: codebook only: the ``2**bits`` (or fewer) levels, float32.
+        symmetric: uniform only: whether the window is symmetric.
+    """
+
+    scheme: str
+    bits: int
+    levels: np.ndarray
+    scale: np.ndarray | None = None
+    window_low: np.ndarray | None = None
+    axis: int | None = None
+    codebook: np.ndarray | None = None
+    symmetric: bool = True
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 weight this quantization stands for (what the exported model computes)."""
+        if self.scheme == "codebook":
+            table = np.concatenate([np.zeros(1, np.float32), self.codebook.astype(np.float32)])
+            return table[self.levels]
+        return self.levels.astype(np.float32) * _broadcast(self.scale.astype(np.float32), self.levels.ndim, self.axis)
+
+    @property
+    def survivors(self) -> int:
+        return int(np.count_nonzero(self.levels))
+
+
+def quantize_tensor(weight: np.ndarray, bits: int, scheme: str = "codebook", *, symmetric: bool = True,
+                    axis: int | None = None, energy: np.ndarray | None = None) -> QuantizedTensor:
+    """Quantize the non-zero elements of ``weight`` to ``2**bits`` levels.
+
+    Args:
+        weight: the (sparse) weight; its zeros stay zero.
+        bits: 1 to 8.
+        scheme: ``uniform`` or ``codebook``.
+        symmetric: uniform only: symmetric window, else one fitted to the range.
+        axis: uniform only: quantize per output channel along this axis (``None``: per tensor).
+        energy: optional per-element weights of the squared error (input energy), shaped like ``weight``.
+    """
+    if scheme not in SCHEMES:
+        raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if not 1 <= bits <= MAX_BITS:
+        raise ConfigError(f"bits must be between 1 and {MAX_BITS}, got {bits}")
+    weight = np.asarray(weight, dtype=np.float32)
+    importance = np.ones(weight.shape) if energy is None else np.maximum(np.asarray(energy, np.float64), 1e-12)
+    if scheme == "codebook":
+        return _codebook(weight, bits, importance)
+    if axis is None:
+        k, scale, low = _uniform(weight.reshape(-1), importance.reshape(-1), bits, symmetric)
+        return QuantizedTensor("uniform", bits, k.reshape(weight.shape), np.float32(scale), np.int64(low), None,
+                               symmetric=symmetric)
+    moved, moved_importance = np.moveaxis(weight, axis, 0), np.moveaxis(importance, axis, 0)
+    levels = np.zeros(moved.shape, dtype=np.int16)
+    scales = np.ones(moved.shape[0], dtype=np.float32)
+    lows = np.zeros(moved.shape[0], dtype=np.int64)
+    for channel in range(moved.shape[0]):
+        k, scales[channel], lows[channel] = _uniform(moved[channel].reshape(-1), moved_importance[channel].reshape(-1),
+                                                     bits, symmetric)
+        levels[channel] = k.reshape(moved.shape[1:])
+    return QuantizedTensor("uniform", bits, np.moveaxis(levels, 0, axis), scales, lows, axis, symmetric=symmetric)
+
+
+def _uniform(values: np.ndarray, importance: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, float, int]:
+    """Levels ``k`` (0 where the value is 0), the scale and the window's low end for one tensor or channel."""
+    alive = values != 0
+    k = np.zeros(values.shape, dtype=np.int16)
+    if not alive.any():
+        return k, 1.0, 0
+    v, w = values[alive].astype(np.float64), importance[alive]
+    width = 2**bits  # non-zero levels; a window holding them and zero spans width + 1 integers, at most 256
+    if symmetric:
+        low, high = -(width // 2), min(width // 2, 127)
+        span = np.abs(v).max() / (width // 2)
+    else:
+        smallest, largest = min(v.min(), 0.0), max(v.max(), 0.0)
+        span = (largest - smallest) / width
+    best = (np.inf, None, 1.0, 0)
+    for ratio in _CLIP_RATIOS:
+        scale = max(span * ratio, 1e-30)
+        if not symmetric:
+            low = int(np.clip(np.round((smallest + largest) / (2 * scale) - width / 2), -width, 0))  # centred
+            high = low + min(width, 255)
+        levels = np.clip(np.round(v / scale), low, high)
+        nearest_nonzero = np.where(v >= 0, 1 if high >= 1 else -1, -1 if low <= -1 else 1)
+        levels = np.where(levels == 0, nearest_nonzero, levels)
+        error = float(np.sum(w * (levels * scale - v) ** 2))
+        if error < best[0]:
+            best = (error, levels, scale, low)
+    _, levels, scale, low = best
+    k[alive] = levels.astype(np.int16)
+    return k, scale, low
+
+
+def _codebook(weight: np.ndarray, bits: int, importance: np.ndarray) -> QuantizedTensor:
+    """Lloyd-Max levels for the survivors (weighted 1-D k-means), started from weighted quantiles."""
+    alive = weight != 0
+    levels = np.zeros(weight.shape, dtype=np.int16)
+    v, w = weight[alive].astype(np.float64), importance[alive]
+    distinct = np.unique(v)
+    count = 2**bits
+    if len(distinct) <= count:
+        centers = distinct
+    else:
+        order = np.argsort(v)
+        cumulative = np.cumsum(w[order])
+        targets = (np.arange(count) + 0.5) / count * cumulative[-1]
+        centers = np.unique(v[order][np.searchsorted(cumulative, targets).clip(0, len(v) - 1)])
+        for _ in range(_LLOYD_ITERATIONS):
+            assignment = _nearest(v, centers)
+            totals = np.bincount(assignment, weights=w, minlength=len(centers))
+            sums = np.bincount(assignment, weights=w * v, minlength=len(centers))
+            updated = np.where(totals > 0, sums / np.maximum(totals, 1e-300), centers)
+            if np.allclose(updated, centers, rtol=0, atol=1e-12 * max(np.abs(v).max(), 1e-30)):
+                centers = updated
+                break
+            centers = np.sort(updated)
+    codebook = np.asarray(centers, dtype=np.float32)
+    if len(v):
+        levels[alive] = (_nearest(v, codebook.astype(np.float64)) + 1).astype(np.int16)
+    return QuantizedTensor("codebook", bits, levels, codebook=codebook)
+
+
+def _nearest(values: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the sorted ``centers`` for each value."""
+    if len(centers) == 1:
+        return np.zeros(len(values), dtype=np.int64)
+    boundaries = (centers[1:] + centers[:-1]) / 2
+    return np.searchsorted(boundaries, values)
+
+
+def _broadcast(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    """Per-channel ``values`` shaped to broadcast along ``axis`` of an ``ndim``-dimensional tensor."""
+    if axis is None:
+        return values
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape)

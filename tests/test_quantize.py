@@ -1,0 +1,147 @@
+"""Quantizers, the exported ONNX model with quantized initializers, and bit allocation, on real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import onnx_de
+from onnx_de import ConfigError
+from onnx_de.evolution import SearchConfig
+from onnx_de.export import export_quantized
+from onnx_de.quantize import quantize
+from onnx_de.quantizers import quantize_tensor
+from onnx_de.sparsify import sparsify, student_model
+
+from helpers import gemm_model, run
+
+SETTINGS = [
+    ("codebook", {}),
+    ("uniform", {}),
+    ("uniform", {"symmetric": False}),
+    ("uniform", {"axis": 0}),
+    ("uniform", {"axis": 0, "symmetric": False}),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    bits=st.integers(1, 8),
+    sparsity=st.floats(0.0, 0.99),
+    offset=st.floats(-2, 2),
+    setting=st.sampled_from(SETTINGS),
+)
+def test_zeros_stay_zero_survivors_stay_alive_and_levels_are_bounded(seed, bits, sparsity, offset, setting):
+    rng = np.random.default_rng(seed)
+    weight = (rng.normal(size=(12, 40)) + offset).astype(np.float32)
+    weight[rng.random(weight.shape) < sparsity] = 0
+    scheme, options = setting
+    q = quantize_tensor(weight, bits, scheme, **options)
+    values = q.dequantize()
+    assert values.dtype == np.float32 and values.shape == weight.shape
+    assert ((values == 0) == (weight == 0)).all()  # the mask is kept exactly, both ways
+    rows = values if options.get("axis") == 0 else values.reshape(1, -1)
+    for row in rows:
+        assert len(np.unique(row[row != 0])) <= 2**bits
+
+
+@pytest.mark.parametrize("scheme, options", SETTINGS)
+def test_more_bits_give_smaller_errors(scheme, options):
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(64, 128)).astype(np.float32)
+    weight[rng.random(weight.shape) < 0.8] = 0
+    errors = [np.linalg.norm(quantize_tensor(weight, b, scheme, **options).dequantize() - weight) for b in (1, 2, 4, 8)]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.02 * np.linalg.norm(weight)
+
+
+def test_energy_weighted_levels_lower_the_weighted_error():
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(32, 64)).astype(np.float32)
+    energy = np.broadcast_to(rng.gamma(0.3, size=(1, 64)), weight.shape) * 10  # a few inputs carry most energy
+    plain = quantize_tensor(weight, 3, "codebook").dequantize()
+    weighted = quantize_tensor(weight, 3, "codebook", energy=energy).dequantize()
+    assert np.sum(energy * (weighted - weight) ** 2) < np.sum(energy * (plain - weight) ** 2)
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="bits must be between 1 and 8"):
+        quantize_tensor(np.ones((4, 4), np.float32), 9)
+    with pytest.raises(ConfigError, match="scheme must be one of"):
+        quantize_tensor(np.ones((4, 4), np.float32), 4, "lattice")
+
+
+@pytest.mark.parametrize("model_name", ["mnist-lenet5", "mnist-mlp"])
+@pytest.mark.parametrize("scheme, options", SETTINGS)
+def test_exported_model_passes_the_checker_and_computes_the_simulation(model_name, scheme, options, tmp_path):
+    model = onnx_de.open_model(f"zoo:{model_name}")
+    quantized = {}
+    for w in model.prunable:
+        weight = model.initializer(w.name).copy()
+        weight[np.abs(weight) < np.quantile(np.abs(weight), 0.7)] = 0
+        axis = w.out_axis if "axis" in options else None
+        quantized[w.name] = quantize_tensor(weight, 4, scheme, symmetric=options.get("symmetric", True), axis=axis)
+    exported = export_quantized(model, quantized)
+    onnx.checker.check_model(exported, full_check=True)
+    ops = {node.op_type for node in exported.graph.node}
+    assert ("Gather" in ops) if scheme == "codebook" else ("DequantizeLinear" in ops)
+    stored = {t.name: t.data_type for t in exported.graph.initializer}
+    assert not set(quantized) & set(stored)  # no float copy of a quantized weight is left behind
+    assert all(dtype in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for name, dtype in stored.items()
+               if name.endswith((".quantized", ".indices")))
+    simulated = student_model(model, {name: q.dequantize() for name, q in quantized.items()})
+    data = onnx_de.load_data(f"zoo:{model_name}", model, limit=64)
+    for a, b in zip(run(exported, data.inputs), run(simulated.proto, data.inputs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # equal weights; kernels may differ (QDQ)
+
+
+def test_old_opsets_get_the_same_arithmetic_without_dequantize_linear():
+    rng = np.random.default_rng(3)
+    proto = gemm_model(rng)
+    proto.opset_import[0].version = 11
+    model = onnx_de.load_model(proto)
+    quantized = {w.name: quantize_tensor(model.initializer(w.name), 3, "uniform", symmetric=False, axis=w.out_axis)
+                 for w in onnx_de.load_model(proto, onnx_de.WeightSelection(min_size=1)).prunable}
+    exported = export_quantized(model, quantized)
+    onnx.checker.check_model(exported, full_check=True)
+    assert "DequantizeLinear" not in {n.op_type for n in exported.graph.node}
+    simulated = student_model(model, {name: q.dequantize() for name, q in quantized.items()})
+    x = {"x": rng.normal(size=(5, 64)).astype(np.float32)}
+    np.testing.assert_allclose(run(exported, x)[0], run(simulated.proto, x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sparse_mlp(tmp_path_factory):
+    path = tmp_path_factory.mktemp("q") / "mlp90.onnx"
+    sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9), output=path)
+    return path
+
+
+def test_four_bit_codebook_of_the_90_percent_mlp_keeps_98_percent_agreement(sparse_mlp, tmp_path):
+    output = tmp_path / "q4.onnx"
+    result = quantize(sparse_mlp, "zoo:mnist-mlp", bits=4, teacher="zoo:mnist-mlp", eval_data="zoo:mnist-mlp",
+                      output=output)
+    assert result.average_bits == 4.0 and result.fidelity["top1_agreement"] >= 0.98
+    assert onnx_de.evaluate("zoo:mnist-mlp", output, "zoo:mnist-mlp")["top1_agreement"] == result.fidelity["top1_agreement"]
+    zeros = {t.name: t for t in onnx.load(str(sparse_mlp)).graph.initializer}
+    for name, q in result.quantized.items():
+        assert ((q.dequantize() == 0) == (onnx.numpy_helper.to_array(zeros[name]) == 0)).all()
+
+
+def test_automatic_bits_meet_the_budget_on_the_calibration_set(sparse_mlp):
+    result = quantize(sparse_mlp, "zoo:mnist-mlp", bits="auto", budget=0.97, teacher="zoo:mnist-mlp",
+                      eval_data="zoo:mnist-mlp")
+    assert result.calibration_metric >= 0.97
+    assert result.average_bits <= 4
+    assert len({layer["bits"] for layer in result.layers.values()}) >= 1
+    calibration = onnx_de.load_data("zoo:mnist-mlp", result.student, split="calibration")
+    assert onnx_de.evaluate("zoo:mnist-mlp", result.student, calibration)["top1_agreement"] == pytest.approx(
+        result.calibration_metric, abs=1e-9)
+
+
+def test_auto_bits_without_a_budget_is_a_config_error():
+    with pytest.raises(ConfigError, match="automatic bits need a fidelity budget"):
+        quantize("zoo:mnist-mlp", "zoo:mnist-mlp", bits="auto")
