@@ -11,7 +11,7 @@ from .model import Model
 from .runtime import create_session, run_model
 from .zoo import open_model, zoo_entry, zoo_name
 
-__all__ = ["evaluate", "resolve_metric"]
+__all__ = ["evaluate", "resolve_metric", "evaluation_data", "check_same_interface"]
 
 
 def resolve_metric(metric: str | MetricSpec | None, teacher: Model, *specs) -> MetricSpec:
@@ -60,7 +60,7 @@ def evaluate(
         0.985
     """
     teacher_model, student_model = open_model(teacher), open_model(student)
-    _check_same_interface(teacher_model, student_model)
+    check_same_interface(teacher_model, student_model)
     dataset = load_data(data, teacher_model, split=split, preprocess=preprocess, limit=limit)
     spec = resolve_metric(metric, teacher_model, data, teacher)
     outputs = []
@@ -70,7 +70,16 @@ def evaluate(
     return {**result, "split": split, "data": dataset.name}
 
 
-def _check_same_interface(teacher: Model, student: Model) -> None:
+def evaluation_data(eval_data, calibration_data, model: Model) -> Dataset | None:
+    """The data a compression step reports fidelity on, loaded (and checked) before the work starts: ``eval_data``,
+    else the evaluation split of ``zoo:NAME`` calibration data, else none."""
+    if eval_data is None and not str(calibration_data).startswith("zoo:"):
+        return None
+    return load_data(eval_data if eval_data is not None else calibration_data, model, split="evaluation")
+
+
+def check_same_interface(teacher: Model, student: Model) -> None:
+    """Raise :class:`ModelError` unless ``student`` has the teacher's inputs and outputs (names, dtypes, ranks)."""
     for kind in ("inputs", "outputs"):
         ours, theirs = getattr(teacher, kind), getattr(student, kind)
         if [_signature(s) for s in ours] != [_signature(s) for s in theirs]:

@@ -11,7 +11,7 @@ from .allocation import search_bits
 from .compensate import LayerProbe, input_energy
 from .data import Dataset, load_data
 from .errors import ConfigError
-from .evaluate import evaluate, resolve_metric
+from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .export import export_quantized
 from .fileio import atomic_write_bytes
 from .model import Model, WeightSelection, load_model
@@ -91,8 +91,11 @@ def quantize(
         raise ConfigError(f"budget must be in (0, 1], got {budget}")
     student_in = open_model(model, selection or WeightSelection(), require_prunable=True)
     reference = open_model(teacher) if teacher is not None else None
+    if reference is not None:
+        check_same_interface(reference, student_in)
     calibration = load_data(data, student_in, split="calibration", limit=calibration_samples)
     spec = resolve_metric(None, student_in, data, model)
+    evaluation = evaluation_data(eval_data, data, student_in)
     weights = [w for w in student_in.prunable if w.dtype == "float32"]
     if not weights:
         raise ConfigError(f"{student_in.source}: no float32 weight to quantize")
@@ -122,7 +125,6 @@ def quantize(
     student = load_model(exported)
     if output is not None:
         atomic_write_bytes(output, student.serialized())
-    evaluation = eval_data if eval_data is not None else (data if str(data).startswith("zoo:") else None)
     fidelity = None
     if evaluation is not None:
         fidelity = evaluate(reference or student_in, student, evaluation, metric=spec, intra_op_threads=intra_op_threads)

@@ -19,7 +19,7 @@ DEFAULT_BATCH_SIZE = 64
 
 
 def create_session(model: Model, *, intra_op_threads: int | None = None, spin: bool = True,
-                   optimize: bool = True) -> ort.InferenceSession:
+                   optimize: bool = True, arena: bool = True) -> ort.InferenceSession:
     """Open an ONNX Runtime CPU session on ``model``.
 
     Args:
@@ -28,6 +28,9 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
         spin: let idle worker threads spin between runs. Turn it off where many sessions live side by side
             (the Scorer's per-layer sessions), or their idle threads steal the cores of the one running.
         optimize: let ONNX Runtime optimize the graph; off for a graph it optimized already.
+        arena: keep freed activation memory in a per-session arena for the next run. Turn it off where many
+            sessions live side by side, or each keeps a full set of activations (ppocr-det's per-layer
+            sessions: 12.4 GB with arenas, 2.1 GB without, and no slower).
 
     Raises:
         ModelError: when ONNX Runtime cannot load the model (unsupported op, bad graph).
@@ -36,6 +39,8 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
     options.log_severity_level = 3
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
+    if not arena:
+        options.enable_cpu_mem_arena = False
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not spin:

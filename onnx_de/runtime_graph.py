@@ -121,8 +121,7 @@ def _optimized(model: Model, names: list[str]) -> RuntimeGraph | None:
     values, graphs = [], []
     for probe in probes:
         graphs.append(_optimize(model, {n: probe(i, w) for i, (n, w) in enumerate(weights.items())}))
-        optimized = graphs[-1]
-        values.append({t.name: numpy_helper.to_array(t) for t in optimized.graph.initializer})
+        values.append({t.name: numpy_helper.to_array(t) for t in graphs[-1].graph.initializer})
         if values[-1].keys() != values[0].keys():
             return None
     order = list(weights)

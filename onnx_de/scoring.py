@@ -121,7 +121,7 @@ class Scorer:
 
     def _session(self, proto) -> ort.InferenceSession:
         return create_session(Model(proto, self._model.source, [], [], []), intra_op_threads=self._threads,
-                              spin=False, optimize=not self._runtime.optimized)
+                              spin=False, optimize=not self._runtime.optimized, arena=False)
 
     def _binding(self, session: ort.InferenceSession, feeds: dict[str, ort.OrtValue], outputs: list[str]):
         """An IO binding of ``session``: the given feeds, every weight it reads, outputs on the CPU."""

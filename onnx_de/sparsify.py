@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from .compensate import LayerProbe, compensate as compensate_layers, saliency as layer_saliency
 from .data import Dataset, load_data
 from .errors import ConfigError
-from .evaluate import evaluate, resolve_metric
+from .evaluate import evaluate, evaluation_data, resolve_metric
 from .evolution import SearchConfig, evolve, layer_targets
 from .fileio import atomic_write_bytes
 from .model import Model, WeightSelection
@@ -116,6 +116,7 @@ def sparsify(
     teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
     calibration = load_data(data, teacher, split="calibration", limit=calibration_samples)
     spec = resolve_metric(None, teacher, data, model)
+    evaluation = evaluation_data(eval_data, data, teacher)
     prunable = teacher.prunable
     names = [w.name for w in prunable]
     scorer = (ScorerPool(teacher, calibration, names, spec, workers=workers, intra_op_threads=intra_op_threads)
@@ -141,7 +142,6 @@ def sparsify(
         if checkpoint is not None:
             Path(checkpoint).unlink(missing_ok=True)  # the run is complete: nothing left to resume
     fidelity = None
-    evaluation = eval_data if eval_data is not None else (data if str(data).startswith("zoo:") else None)
     if evaluation is not None:
         fidelity = evaluate(teacher, student, evaluation, metric=spec, intra_op_threads=intra_op_threads)
     total = sum(m.size for m in masks.values())

@@ -122,3 +122,11 @@ def test_bad_inputs_get_one_line_errors(bad_inputs, args, expected):
 def test_usage_errors_exit_2():
     done = cli("eval", "a.onnx")
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_a_mismatched_teacher_is_refused_before_anything_is_written(tmp_path):
+    output = tmp_path / "q.onnx"
+    done = cli("quantize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "--bits", "4", "--teacher", "zoo:mnist-lenet5",
+               "-o", str(output))
+    assert_one_line_error(done, "differ from the teacher")
+    assert not output.exists()
