@@ -5,8 +5,9 @@ The Scorer is timed as the search uses it: per generation one refresh (a full ru
 frontiers) and a population of 16 candidates scored by partial execution on ONNX Runtime's optimized graph;
 with partial execution off (every candidate a full run); and on the model's own graph with the weights
 promoted to inputs (the Scorer before it ran the optimized graph). Untimed first: a refresh of every layer and
-one candidate per layer, which build the per-layer sessions and their first-run memory, as the first
-generations of a long search do; the table is the steady state.
+three candidates per layer, which build the per-layer sessions and warm them up, as the first generations of a
+long search do; the table is the steady state. The last column is the process's peak resident memory so far
+(the Scorers of a model stay alive until the next one): run one model per invocation to read it per model.
 
     python tools/bench_scorer.py mnist-mlp efficientnet-lite0 --generations 3
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 
@@ -70,8 +72,9 @@ def measure(name: str, generations: int, samples: int | None) -> str:
         onnx_de.run_model(onnx_de.create_session(student_model(model, weights)), data)
     naive = naive_count / (time.perf_counter() - started)
     best = rates[True, True]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     return (f"| {name} | {len(data)} | {plain:.1f} | {best:.1f} | {rates[True, False]:.1f} | "
-            f"{rates[False, True]:.1f} | {naive:.2f} | {best / plain:.2f}x | {best / naive:.1f}x |")
+            f"{rates[False, True]:.1f} | {naive:.2f} | {best / plain:.2f}x | {best / naive:.1f}x | {peak:.1f} |")
 
 
 def main() -> None:
@@ -82,8 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     print("| model | batch | plain forward/s | DE candidates/s (partial) | candidates/s (full runs) | "
           "candidates/s (model's own graph, partial) | naive (new session) candidates/s | partial / plain | "
-          "partial / naive |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "partial / naive | peak RSS so far, GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         print(measure(name, args.generations, args.samples), flush=True)
 
