@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-
 from .quantizers import QuantizedTensor
 from .scoring import Scorer
 

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .model import Model
-from .quantizers import QuantizedTensor
+from .quantizers import QuantizedTensor, channel_shape
 
 __all__ = ["export_quantized"]
 
@@ -71,7 +71,7 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
         stored, zero_point = q.levels.astype(np.int8), None
     else:
         low = np.asarray(q.window_low)
-        offset = low.reshape(_shape(q.levels.ndim, q.axis)) if per_channel else low
+        offset = low.reshape(channel_shape(q.levels.ndim, q.axis)) if per_channel else low
         stored = (q.levels.astype(np.int32) - offset).astype(np.uint8)
         zero_point = (-low).astype(np.uint8)
     scale = np.asarray(q.scale, dtype=np.float32)
@@ -87,7 +87,7 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
         attributes = {"axis": q.axis} if per_channel else {}
         return [helper.make_node("DequantizeLinear", inputs, [name], **attributes)], tensors
     # Older opsets: the same arithmetic, (q - zero_point) * scale, with broadcastable per-channel constants.
-    shape = _shape(q.levels.ndim, q.axis) if per_channel else []
+    shape = channel_shape(q.levels.ndim, q.axis) if per_channel else []
     tensors.append(numpy_helper.from_array(scale.reshape(shape), scale_name))
     as_float = fresh("float")
     nodes = [helper.make_node("Cast", [levels_name], [as_float], to=TensorProto.FLOAT)]
@@ -98,9 +98,3 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
         as_float = centred
     nodes.append(helper.make_node("Mul", [as_float, scale_name], [name]))
     return nodes, tensors
-
-
-def _shape(ndim: int, axis: int) -> list[int]:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return shape

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["SCHEMES", "QuantizedTensor", "quantize_tensor"]
+__all__ = ["SCHEMES", "QuantizedTensor", "quantize_tensor", "channel_shape"]
 
 SCHEMES = ("uniform", "codebook")
 MAX_BITS = 8
@@ -173,10 +173,13 @@ def _nearest(values: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.searchsorted(boundaries, values)
 
 
-def _broadcast(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
-    """Per-channel ``values`` shaped to broadcast along ``axis`` of an ``ndim``-dimensional tensor."""
-    if axis is None:
-        return values
+def channel_shape(ndim: int, axis: int) -> list[int]:
+    """The shape that broadcasts one value per channel along ``axis`` of an ``ndim``-dimensional tensor."""
     shape = [1] * ndim
     shape[axis] = -1
-    return values.reshape(shape)
+    return shape
+
+
+def _broadcast(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    """Per-channel ``values`` shaped to broadcast along ``axis`` (unchanged per tensor)."""
+    return values if axis is None else values.reshape(channel_shape(ndim, axis))

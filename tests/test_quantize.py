@@ -136,7 +136,10 @@ def test_automatic_bits_meet_the_budget_on_the_calibration_set(sparse_mlp):
                       eval_data="zoo:mnist-mlp")
     assert result.calibration_metric >= 0.97
     assert result.average_bits <= 4
-    assert len({layer["bits"] for layer in result.layers.values()}) >= 1
+    for name, layer in result.layers.items():  # each layer got one of the searched widths, and used no more levels
+        assert 1 <= layer["bits"] <= 8
+        q = result.quantized[name]
+        assert q.bits == layer["bits"] and len(np.unique(q.levels[q.levels != 0])) <= 2 ** layer["bits"]
     calibration = onnx_de.load_data("zoo:mnist-mlp", result.student, split="calibration")
     assert onnx_de.evaluate("zoo:mnist-mlp", result.student, calibration)["top1_agreement"] == pytest.approx(
         result.calibration_metric, abs=1e-9)
