@@ -2,11 +2,12 @@
 
 The public API: load a model and find its prunable weights, load calibration and evaluation data, run
 teacher and student in ONNX Runtime and measure fidelity, sparsify by Directed Evolution, quantize the surviving
-weights, and reach the zoo.
+weights, encode the result into a compact container and decode it at load time, and reach the zoo.
 """
 
+from .codec import InferenceSession, decode, encode, inspect_container
 from .data import Dataset, Preprocess, load_data
-from .errors import ConfigError, DataError, ModelError, OnnxDeError, ZooError
+from .errors import ConfigError, DataError, FormatError, ModelError, OnnxDeError, UnsupportedVersionError, ZooError
 from .evaluate import evaluate
 from .evolution import SearchConfig
 from .metrics import MetricSpec, fidelity
@@ -22,6 +23,8 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Dataset",
+    "FormatError",
+    "InferenceSession",
     "MetricSpec",
     "Model",
     "ModelError",
@@ -31,14 +34,18 @@ __all__ = [
     "SearchConfig",
     "SparsifyResult",
     "TensorSpec",
+    "UnsupportedVersionError",
     "WeightInfo",
     "WeightSelection",
     "ZooError",
     "__version__",
     "create_session",
+    "decode",
+    "encode",
     "evaluate",
     "fetch",
     "fidelity",
+    "inspect_container",
     "load_data",
     "load_model",
     "open_model",

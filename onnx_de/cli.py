@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .codec import decode, encode, inspect_container
+from .codec.container import is_container
 from .data import Preprocess
 from .errors import OnnxDeError, first_line
+from .fileio import atomic_write_bytes
 from .evaluate import evaluate
 from .metrics import METRICS
 from .model import WeightSelection
@@ -25,7 +28,7 @@ from .quantizers import SCHEMES
 from .sparsify import METHODS, sparsify
 from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "format_container", "format_inspection", "format_fidelity"]
 
 log = logging.getLogger("onnx_de")
 
@@ -40,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     inspect = commands.add_parser(
-        "inspect", help="list a model's inputs, outputs and prunable weights (exit status 1 if none is prunable)")
-    inspect.add_argument("model", help="an .onnx file or zoo:NAME")
+        "inspect", help="a model's inputs, outputs and prunable weights (exit status 1 if none is prunable), "
+                        "or a container's sizes per section and tensor")
+    inspect.add_argument("model", help="an .onnx file, zoo:NAME, or an .ode container")
     _add_selection(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -104,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_selection(qz)
 
+    enc = commands.add_parser("encode", help="write a model as a compact container (.ode), losslessly")
+    enc.add_argument("model", help="an .onnx file (a quantized export, typically) or zoo:NAME")
+    enc.add_argument("-o", "--output", type=Path, required=True, help="the .ode container")
+    enc.add_argument("--json", action="store_true", help="print the container's inspection as JSON")
+
+    dec = commands.add_parser("decode", help="restore the ONNX model of a container (.ode)")
+    dec.add_argument("container", help="an .ode file")
+    dec.add_argument("-o", "--output", type=Path, required=True, help="the .onnx model")
+    dec.add_argument("--quantized", action="store_true",
+                     help="keep quantized weights and their dequantizing nodes (default: plain float weights)")
+
     demo = commands.add_parser("demo", help="run onnx-de on the bundled mnist-mlp")
     demo.add_argument("-o", "--output", type=Path, default=Path("onnx-de-demo"), help="output folder")
     return parser
@@ -157,6 +172,13 @@ def _print_json(value: dict) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    if _is_container_file(args.model):
+        summary = inspect_container(args.model)
+        if args.json:
+            _print_json(summary)
+        else:
+            print(format_container(summary))
+        return 0
     selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
     model = open_model(args.model, selection)
     summary = model.summary()
@@ -194,6 +216,54 @@ def format_inspection(summary: dict) -> str:
         + (f" ({others} bias/norm tensors stay dense)" if others else "")
     )
     return "\n".join(lines)
+
+
+def _is_container_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return is_container(handle.read(8))
+    except OSError:
+        return False
+
+
+def format_container(summary: dict) -> str:
+    """The text table of ``onnx-de inspect`` on a container."""
+    sections = summary["sections"]
+    lines = [f"container: {summary['bytes']:,} bytes  (header {sections['header']:,}, index {sections['index']:,}, "
+             f"graph {sections['graph']:,}, tensors {sections['tensors']:,})"]
+    rows = [("tensor", "shape", "kept", "bytes", "bits/elem", "mask", "mask bound", "values", "symbols bound")]
+    for t in summary["tensors"]:
+        rows.append((t["name"], "x".join(map(str, t["shape"])), f"{t['kept']:,}/{t['elements']:,}", f"{t['bytes']:,}",
+                     f"{t['bits_per_element']:.3f}", f"{t['mask']} {t.get('mask_bytes', 0):,}" if t["mask"] else "-",
+                     f"{t['mask_bound_bytes']:,.0f}" if t["mask"] else "-",
+                     f"levels({t['levels']}) {t['symbols_bytes']:,}" if t["values"] == "levels"
+                     else f"raw {t['raw_bytes']:,}",
+                     f"{t['symbols_bound_bytes']:,.0f}" if t["values"] == "levels" else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    totals = summary["totals"]
+    lines.append(f"masks {totals['mask']:,} bytes (order-0 bound {totals['mask_bound']:,.0f}); symbols "
+                 f"{totals['symbols']:,} (bound {totals['symbols_bound']:,.0f}); tables {totals['tables']:,}; "
+                 f"raw {totals['raw']:,}")
+    return "\n".join(lines)
+
+
+def _encode(args: argparse.Namespace) -> int:
+    source = zoo_path(args.model.removeprefix("zoo:")) if args.model.startswith("zoo:") else args.model
+    payload = encode(source, args.output)
+    if args.json:
+        _print_json(inspect_container(payload))
+        return 0
+    original = Path(source).stat().st_size
+    print(f"wrote {args.output}: {len(payload):,} bytes ({original / len(payload):.2f}x smaller than {source})")
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    model = decode(args.container, dense=not args.quantized)
+    atomic_write_bytes(args.output, model.SerializeToString())
+    print(f"wrote {args.output}: {args.output.stat().st_size:,} bytes")
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -315,5 +385,5 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"inspect": _inspect, "eval": _eval, "sparsify": _sparsify, "quantize": _quantize, "zoo": _zoo,
-             "demo": _demo}
+             "encode": _encode, "decode": _decode, "demo": _demo}
 

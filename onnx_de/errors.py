@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["OnnxDeError", "ModelError", "DataError", "ZooError", "ConfigError", "first_line"]
+__all__ = ["OnnxDeError", "ModelError", "DataError", "ZooError", "ConfigError", "FormatError", "UnsupportedVersionError",
+           "first_line"]
 
 
 class OnnxDeError(Exception):
@@ -23,6 +24,14 @@ class ZooError(OnnxDeError):
 
 class ConfigError(OnnxDeError):
     """An option with a bad value: a pattern that matches nothing, an unknown metric, a malformed spec."""
+
+
+class FormatError(OnnxDeError):
+    """A container (.ode) that is not one, or is truncated, corrupt or hostile; the message names the section."""
+
+
+class UnsupportedVersionError(FormatError):
+    """A container written in a format version this onnx-de cannot read."""
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

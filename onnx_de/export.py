@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .model import Model
 from .quantizers import QuantizedTensor, channel_shape
 
-__all__ = ["export_quantized"]
+__all__ = ["export_quantized", "fold_dequantizers"]
 
 
 def export_quantized(model: Model, quantized: dict[str, QuantizedTensor]) -> onnx.ModelProto:
@@ -98,3 +98,93 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
         as_float = centred
     nodes.append(helper.make_node("Mul", [as_float, scale_name], [name]))
     return nodes, tensors
+
+
+def fold_dequantizers(proto: onnx.ModelProto) -> int:
+    """Replace, in place, the nodes that dequantize initializers by the float initializers they compute.
+
+    Folds, on initializer inputs, what :func:`export_quantized` writes: ``DequantizeLinear`` (per tensor or per
+    axis, no blocks), ``Gather`` from a table, and the ``Cast``/``Sub``/``Mul`` arithmetic of old opsets;
+    the values are exactly those ONNX Runtime computes. Initializers no remaining node reads are dropped.
+    Returns the number of nodes folded.
+    """
+    graph = proto.graph
+    values = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    folded, new_tensors = set(), []
+    for position, node in enumerate(graph.node):
+        if node.domain not in ("", "ai.onnx") or node.output[0] in outputs or len(node.output) != 1:
+            continue
+        if not node.input or not all(name in values for name in node.input if name):
+            continue
+        array = _folded_value(node, {name: numpy_helper.to_array(values[name]) for name in node.input if name})
+        if array is not None:
+            folded.add(position)
+            tensor = numpy_helper.from_array(array, node.output[0])
+            new_tensors.append(tensor)
+            values[tensor.name] = tensor
+    if not folded:
+        return 0
+    kept_nodes = [n for position, n in enumerate(graph.node) if position not in folded]
+    still_read = _read_names(kept_nodes) | outputs
+    kept_tensors = [t for t in list(graph.initializer) + new_tensors if t.name in still_read]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept_tensors)
+    return len(folded)
+
+
+_INTEGERS = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+_CAST_TARGETS = {TensorProto.FLOAT: np.float32, TensorProto.INT32: np.int32, TensorProto.INT64: np.int64}
+
+
+def _folded_value(node: onnx.NodeProto, inputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The output of ``node`` on constant ``inputs``, for the exact operations a quantized export uses."""
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    operands = [inputs[name] if name else None for name in node.input]
+    if node.op_type == "DequantizeLinear":
+        levels, scale = operands[0], operands[1]
+        zero = operands[2] if len(operands) > 2 and operands[2] is not None else np.zeros_like(scale, levels.dtype)
+        if attributes.get("block_size") or scale.dtype != np.float32 or levels.dtype not in _INTEGERS:
+            return None
+        if scale.size > 1:
+            axis = attributes.get("axis", 1)
+            shape = channel_shape(levels.ndim, axis + levels.ndim if axis < 0 else axis)
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        with np.errstate(all="ignore"):  # overflow to inf is what ONNX Runtime computes too
+            return (levels.astype(np.int64) - zero.astype(np.int64)).astype(np.float32) * scale
+    if node.op_type == "Gather" and attributes.get("axis", 0) == 0:
+        table, indices = operands
+        if table.ndim != 1 or indices.dtype.kind not in "iu" or indices.size == 0:
+            return None
+        if indices.min() < -table.size or indices.max() >= table.size:
+            return None
+        return table[indices]
+    if node.op_type == "Cast" and attributes.get("to") in _CAST_TARGETS and operands[0].dtype in _INTEGERS:
+        return operands[0].astype(_CAST_TARGETS[attributes["to"]])
+    if node.op_type in ("Sub", "Mul") and all(o.dtype == np.float32 for o in operands):
+        with np.errstate(all="ignore"):
+            return np.subtract(*operands) if node.op_type == "Sub" else np.multiply(*operands)
+    return None
+
+
+def _read_names(nodes) -> set[str]:
+    """Every name the nodes read, in their subgraphs too."""
+    return {name for n in nodes for name in n.input} | {
+        name for n in nodes for a in n.attribute for g in _subgraphs(a) for name in _free_inputs(g)}
+
+
+def _subgraphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    return [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+
+
+def _free_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads (conservatively: every node input, at every depth)."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for sub in _subgraphs(attribute):
+                names |= _free_inputs(sub)
+    return names

@@ -25,6 +25,7 @@ __all__ = [
     "WeightSelection",
     "load_model",
     "find_weights",
+    "read_proto",
     "matches",
 ]
 
@@ -197,7 +198,7 @@ def load_model(
         >>> [w.name for w in model.prunable]
         ['fc1.weight', 'fc2.weight', 'fc3.weight']
     """
-    proto, label = _read(source)
+    proto, label = read_proto(source)
     if len(proto.graph.node) == 0 or not proto.opset_import:
         raise ModelError(f"{label}: not an ONNX model (no graph nodes or no opset); export the model to ONNX first")
     try:
@@ -222,7 +223,8 @@ def load_model(
     return model
 
 
-def _read(source: str | Path | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+def read_proto(source: str | Path | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The ModelProto of ``source`` (a copy of a proto; external data read in) and a label for messages."""
     if isinstance(source, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(source)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,6 +16,8 @@ from onnx import TensorProto, helper
 import onnx_de
 
 from helpers import IR_VERSION, OPSET
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -87,6 +90,11 @@ def bad_inputs(tmp_path_factory):
     nan = np.zeros((3, 784), np.float32)
     nan[1, 5] = np.nan
     np.savez(folder / "nan.npz", input=nan)
+    container = (FIXTURES / "mnist-mlp-de90-q4-v1.ode").read_bytes()
+    (folder / "truncated.ode").write_bytes(container[: len(container) // 2])
+    damaged = bytearray(container)
+    damaged[len(container) // 2] ^= 1
+    (folder / "damaged.ode").write_bytes(bytes(damaged))
     return folder
 
 
@@ -113,10 +121,32 @@ def bad_inputs(tmp_path_factory):
          "bits must be 'auto' or an integer from 1 to 8"),
         (("quantize", "{bad}/relu.onnx", "--data", "zoo:mnist-mlp", "-o", "{bad}/q.onnx", "--bits", "4"),
          "nothing to prune"),
+        (("encode", "{bad}/notes.onnx", "-o", "{bad}/x.ode"), "not a readable ONNX model"),
+        (("decode", "{bad}/notes.onnx", "-o", "{bad}/x.onnx"), "not an onnx-de container"),
+        (("decode", "{bad}/truncated.ode", "-o", "{bad}/x.onnx"), "truncated"),
+        (("decode", "{bad}/damaged.ode", "-o", "{bad}/x.onnx"), "checksum mismatch"),
+        (("inspect", "{bad}/damaged.ode"), "checksum mismatch"),
     ],
 )
 def test_bad_inputs_get_one_line_errors(bad_inputs, args, expected):
     assert_one_line_error(cli(*(a.format(bad=bad_inputs) for a in args)), expected)
+    assert not (bad_inputs / "x.onnx").exists() and not (bad_inputs / "x.ode").exists()
+
+
+def test_encode_inspect_decode_round_trip(tmp_path):
+    student = onnx_de.decode(FIXTURES / "mnist-mlp-de90-q4-v1.ode", dense=False)
+    onnx.save(student, str(tmp_path / "student.onnx"))
+    done = cli("encode", str(tmp_path / "student.onnx"), "-o", str(tmp_path / "student.ode"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "student.ode").read_bytes() == (FIXTURES / "mnist-mlp-de90-q4-v1.ode").read_bytes()
+    done = cli("inspect", str(tmp_path / "student.ode"), "--json")
+    summary = json.loads(done.stdout)
+    assert summary["bytes"] == (tmp_path / "student.ode").stat().st_size
+    assert {t["name"] for t in summary["tensors"]} >= {"fc1.weight.indices", "fc2.weight.indices"}
+    assert "order-0 bound" in cli("inspect", str(tmp_path / "student.ode")).stdout
+    assert cli("decode", str(tmp_path / "student.ode"), "-o", str(tmp_path / "dense.onnx")).returncode == 0
+    done = cli("eval", "zoo:mnist-mlp", str(tmp_path / "dense.onnx"), "--data", "zoo:mnist-mlp", "--json")
+    assert json.loads(done.stdout)["top1_agreement"] >= 0.98  # the DE 90% 4-bit student, decoded
 
 
 def test_usage_errors_exit_2():

@@ -1,0 +1,127 @@
+"""Entropy coding of symbol streams with rANS (``FORMAT.md``, "Symbol streams").
+
+The coder is constriction's ``AnsCoder`` (Rust, 32-bit words, 64-bit state, 24-bit probabilities), chosen over
+zstd by measurement: on quantized symbols it lands within 0.01% of the order-0 bound where zstd-19 is 5-13%
+above it, and it decodes millions of symbols a second. Every symbol is coded with one of a few frequency
+tables (a *model*) whose entries are integers summing to ``2**16``; the coder is given them as the exact
+float32 probabilities ``frequency / 2**16`` through ``Categorical(perfect=False)``.
+"""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+
+from ..errors import FormatError
+
+__all__ = ["PRECISION", "TOTAL", "entropy_bits", "quantize_frequencies", "encode", "decode"]
+
+PRECISION = 16  # probabilities are multiples of 2**-16; every table row sums to 2**16
+TOTAL = 1 << PRECISION
+_CHUNK = 1 << 20  # symbols per call into the coder, so that per-symbol probability rows stay small
+
+
+def quantize_frequencies(counts: np.ndarray) -> np.ndarray:
+    """Integer frequencies summing to ``2**PRECISION``, close to ``counts``; every counted symbol keeps at least 1.
+
+    ``counts`` is ``(alphabet,)`` or ``(models, alphabet)``; a row with no counts gets a uniform table.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    rows = np.atleast_2d(counts)
+    out = np.zeros(rows.shape, dtype=np.int64)
+    for row, freq in zip(rows, out):
+        total = row.sum()
+        present = row > 0
+        if total == 0:
+            present[:] = True
+            row = np.ones_like(row)
+            total = row.sum()
+        if present.sum() > TOTAL:
+            raise ValueError(f"an alphabet of {int(present.sum())} used symbols does not fit {PRECISION}-bit tables")
+        freq[:] = np.where(present, np.maximum(1, np.floor(row * TOTAL / total)), 0)
+        excess = int(freq.sum()) - TOTAL
+        # Give or take the difference from the most frequent symbols, where it changes the code length least.
+        order = np.argsort(-row, kind="stable")
+        while excess != 0:
+            for symbol in order:
+                if excess == 0 or not present[symbol]:
+                    break
+                if excess > 0:
+                    take = min(excess, int(freq[symbol]) - 1)
+                    freq[symbol] -= take
+                    excess -= take
+                else:
+                    freq[symbol] -= excess
+                    excess = 0
+    return out.reshape(counts.shape)
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """The order-0 bound in bits of a sequence with these symbol ``counts``: ``sum(-c * log2(c / total))``."""
+    counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+    counts = counts[counts > 0]
+    total = counts.sum()
+    return float(-(counts * np.log2(counts / total)).sum()) if total else 0.0
+
+
+def encode(symbols: np.ndarray, frequencies: np.ndarray, models: np.ndarray | None = None) -> bytes:
+    """Code ``symbols`` (ints in ``[0, alphabet)``) with ``frequencies`` (``(alphabet,)`` or ``(models, alphabet)``).
+
+    ``models`` gives each symbol's table row (needed with several rows). Returns the compressed words as
+    little-endian uint32.
+    """
+    symbols = np.asarray(symbols).reshape(-1).astype(np.int32)
+    table = np.atleast_2d(np.asarray(frequencies, dtype=np.int64))
+    rows = np.zeros(symbols.size, np.int64) if models is None else np.asarray(models, np.int64).reshape(-1)
+    if symbols.size and table[rows, symbols].min() <= 0:
+        raise ValueError("a symbol has frequency 0 in its table")
+    coder = constriction.stream.stack.AnsCoder()
+    chunks = range(0, symbols.size, _CHUNK)
+    for start in reversed(chunks):  # a stack: the last chunk goes in first
+        part = slice(start, start + _CHUNK)
+        model, probabilities = _model(table, models, part)
+        if probabilities is None:
+            coder.encode_reverse(symbols[part], model)
+        else:
+            coder.encode_reverse(symbols[part], model, probabilities)
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def decode(stream: bytes | memoryview, count: int, frequencies: np.ndarray, models: np.ndarray | None = None) -> np.ndarray:
+    """Decode ``count`` symbols written by :func:`encode` with the same tables and ``models``.
+
+    Returns the symbols (uint16). Raises :class:`FormatError` unless the stream holds exactly those symbols.
+    """
+    table = np.atleast_2d(np.asarray(frequencies, dtype=np.int64))
+    if table.shape[1] == 0 or table.shape[1] > TOTAL or np.any(table < 0) or np.any(table.sum(axis=1) != TOTAL):
+        raise FormatError(f"a frequency table does not sum to 2**{PRECISION}")
+    if models is None and table.shape[0] != 1:
+        raise FormatError("several frequency tables but no model per symbol")
+    if models is not None and len(models) and (np.min(models) < 0 or np.max(models) >= table.shape[0]):
+        raise FormatError("a symbol's model is not one of the tables")
+    if len(stream) % 4:
+        raise FormatError(f"a symbol stream of {len(stream)} bytes is not whole 32-bit words")
+    words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
+    out = np.empty(count, dtype=np.uint16)
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        for start in range(0, count, _CHUNK):
+            part = slice(start, min(start + _CHUNK, count))
+            model, probabilities = _model(table, models, part)
+            if probabilities is None:
+                out[part] = coder.decode(model, part.stop - part.start)
+            else:
+                out[part] = coder.decode(model, probabilities)
+    except ValueError as e:
+        raise FormatError(f"symbol stream: {e}") from e
+    if not coder.is_empty():
+        raise FormatError("symbol stream does not end where its symbols do")
+    return out
+
+
+def _model(table: np.ndarray, models: np.ndarray | None, part: slice):
+    """The constriction model for symbols ``part``: one fixed table, or a family with a probability row each."""
+    probabilities = (table / TOTAL).astype(np.float32)
+    if models is None:
+        return constriction.stream.model.Categorical(probabilities[0], perfect=False), None
+    return constriction.stream.model.Categorical(perfect=False), probabilities[np.asarray(models[part], np.int64)]
