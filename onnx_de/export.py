@@ -12,6 +12,8 @@ exactly :meth:`~onnx_de.quantizers.QuantizedTensor.dequantize`.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -19,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .model import Model
 from .quantizers import QuantizedTensor, channel_shape
 
-__all__ = ["export_quantized", "fold_dequantizers"]
+__all__ = ["export_quantized", "fold_dequantizers", "fold_values"]
 
 
 def export_quantized(model: Model, quantized: dict[str, QuantizedTensor]) -> onnx.ModelProto:
@@ -109,32 +111,54 @@ def fold_dequantizers(proto: onnx.ModelProto) -> int:
     Returns the number of nodes folded.
     """
     graph = proto.graph
-    values = {t.name: t for t in graph.initializer}
+    stored = {t.name: t for t in graph.initializer}
+    values, unread, count = fold_values(graph, set(stored), lambda name: numpy_helper.to_array(stored[name]))
+    del stored
+    for position in reversed([i for i, t in enumerate(graph.initializer) if t.name in unread]):
+        del graph.initializer[position]
+    for name in list(values):  # one tensor at a time, so the model is never held twice
+        graph.initializer.add().CopyFrom(numpy_helper.from_array(values.pop(name), name))
+    return count
+
+
+def fold_values(graph: onnx.GraphProto, constants: set[str],
+                value_of) -> tuple[dict[str, np.ndarray], set[str], int]:
+    """Remove from ``graph`` the dequantizing nodes whose inputs are all ``constants`` (read by ``value_of``).
+
+    Returns the values the removed nodes computed that remaining nodes still read, the names of constants no
+    node reads any more, and how many nodes were removed. The core of :func:`fold_dequantizers`, for callers
+    that hold initializer values outside their protos.
+    """
+    overridable = {i.name for i in graph.input}  # old IRs list initializers as inputs a caller may feed
+    constants = constants - overridable
     outputs = {o.name for o in graph.output}
-    folded, new_tensors = set(), []
+    readers = Counter(name for node in graph.node for name in node.input)
+    readers.update({name: 1 << 30 for name in _read_names(n for n in graph.node if n.attribute) - set(readers)})
+    folded, consumed, computed = set(), set(), {}
     for position, node in enumerate(graph.node):
-        if node.domain not in ("", "ai.onnx") or node.output[0] in outputs or len(node.output) != 1:
+        if (node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or len(node.output) != 1
+                or node.output[0] in outputs):
             continue
-        if not node.input or not all(name in values for name in node.input if name):
+        names = [name for name in node.input if name]
+        if not names or not all(name in computed or name in constants for name in names):
             continue
-        array = _folded_value(node, {name: numpy_helper.to_array(values[name]) for name in node.input if name})
-        if array is not None:
-            folded.add(position)
-            tensor = numpy_helper.from_array(array, node.output[0])
-            new_tensors.append(tensor)
-            values[tensor.name] = tensor
-    if not folded:
-        return 0
-    kept_nodes = [n for position, n in enumerate(graph.node) if position not in folded]
-    still_read = _read_names(kept_nodes) | outputs
-    kept_tensors = [t for t in list(graph.initializer) + new_tensors if t.name in still_read]
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept_tensors)
-    return len(folded)
+        array = _folded_value(node, {name: computed[name] if name in computed else value_of(name) for name in names})
+        if array is None:
+            continue
+        folded.add(position)
+        consumed.update(names)
+        for name in node.input:
+            readers[name] -= 1
+            if name in computed and readers[name] == 0:  # an intermediate (a Cast before a Gather): free it now
+                del computed[name]
+        computed[node.output[0]] = array
+    for position in sorted(folded, reverse=True):
+        del graph.node[position]
+    unread = consumed - _read_names(graph.node) - outputs
+    return {n: v for n, v in computed.items() if n not in unread}, unread & constants, len(folded)
 
 
+_FOLDABLE = {"DequantizeLinear", "Gather", "Cast", "Sub", "Mul"}
 _INTEGERS = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
 _CAST_TARGETS = {TensorProto.FLOAT: np.float32, TensorProto.INT32: np.int32, TensorProto.INT64: np.int64}
 

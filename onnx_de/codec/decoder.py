@@ -7,6 +7,7 @@ a :class:`~onnx_de.errors.FormatError` naming the section, never in a crash, a h
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 from dataclasses import dataclass
@@ -16,14 +17,15 @@ from typing import Iterator
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
 
 from ..errors import FormatError
-from ..export import fold_dequantizers
+from ..export import fold_values
 from . import frames, rans
 from .container import is_container, read_sections
 from .records import DTYPES, bit_view, check_record, decode_record, is_int, record_streams
 
-__all__ = ["DEFAULT_MAX_BYTES", "decode", "inspect_container", "read_container", "Container"]
+__all__ = ["DEFAULT_MAX_BYTES", "decode", "decode_arrays", "inspect_container", "read_container", "Container"]
 
 DEFAULT_MAX_BYTES = 1 << 31  # what a decoded model may occupy: ONNX's own 2 GiB protobuf limit
 _RECORD_KEYS = {"name", "initializer", "dtype", "shape", "mask", "fill", "values", "streams"}
@@ -39,6 +41,7 @@ class Container:
     size: int
     index_bytes: int
     graph_bytes: int
+    mapping: mmap.mmap | None = None
 
     def tensors(self) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None]]:
         """Each record with its decoded array and mask, one at a time (peak memory: one tensor's working set)."""
@@ -55,11 +58,36 @@ class Container:
             except FormatError as e:
                 raise FormatError(f"{what}: {e}") from e
             yield record, array, mask
+            self._release(section)
+
+    def _release(self, section) -> None:
+        """Drop a decoded section's pages of the mapped file from memory (they are read once)."""
+        if self.mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = section.offset - section.offset % mmap.PAGESIZE
+        end = section.offset + len(section.payload)
+        end -= end % mmap.PAGESIZE
+        if end > start:
+            self.mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
+def _utf8_checked(function):
+    """Turn the UnicodeDecodeError protobuf raises on first reading a crafted non-UTF-8 name into a FormatError."""
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except UnicodeDecodeError as e:
+            raise FormatError("graph section: a name or string is not valid UTF-8") from e
+
+    return checked
+
+
+@_utf8_checked
 def read_container(source: str | Path | bytes | memoryview, max_bytes: int = DEFAULT_MAX_BYTES) -> Container:
     """Open a container: check its header, index and graph; tensors are decoded by :meth:`Container.tensors`."""
-    data = _read_bytes(source)
+    data, mapping = _read_bytes(source)
     sections = read_sections(data)
     index_raw = frames.decompress(sections[0].verified("index section"), min(max_bytes, 1 << 30), "index section")
     try:
@@ -76,9 +104,11 @@ def read_container(source: str | Path | bytes | memoryview, max_bytes: int = DEF
     for record, section in zip(records, sections[2:]):
         if sum(record["streams"].values()) != len(section.payload):
             raise FormatError(f"index section: tensor {record['name']!r} streams do not add up to its section")
-    return Container(graph, records, sections[2:], len(data), len(sections[0].payload), len(sections[1].payload))
+    return Container(graph, records, sections[2:], len(data), len(sections[0].payload), len(sections[1].payload),
+                     mapping)
 
 
+@_utf8_checked
 def decode(source: str | Path | bytes | memoryview, *, dense: bool = True,
            max_bytes: int = DEFAULT_MAX_BYTES) -> onnx.ModelProto:
     """The ONNX model stored in a container.
@@ -96,19 +126,42 @@ def decode(source: str | Path | bytes | memoryview, *, dense: bool = True,
     Example:
         >>> model = decode("student.ode")
     """
-    container = read_container(source, max_bytes)
-    proto = container.graph
-    initializers = proto.graph.initializer
-    for record, array, _ in container.tensors():
-        initializers[record["initializer"]].raw_data = array.tobytes()
-    if dense:
-        try:
-            fold_dequantizers(proto)
-        except Exception as e:  # noqa: BLE001 - a crafted graph can make any of numpy/onnx's conversions fail
-            raise FormatError(f"graph section: cannot fold its dequantizing nodes ({type(e).__name__})") from e
+    proto, arrays = decode_arrays(source, dense=dense, max_bytes=max_bytes)
+    for tensor in proto.graph.initializer:
+        if tensor.name in arrays:  # one tensor at a time, so the model is never held twice
+            tensor.raw_data = arrays.pop(tensor.name).tobytes()
     return proto
 
 
+@_utf8_checked
+def decode_arrays(source: str | Path | bytes | memoryview, *, dense: bool = True,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """:func:`decode`, with the coded initializers (and folded weights) as arrays beside data-less stubs."""
+    container = read_container(source, max_bytes)
+    proto = container.graph
+    arrays = {record["name"]: array for record, array, _ in container.tensors()}
+    if not dense:
+        return proto, arrays
+    graph = proto.graph
+    stubs = {t.name: t for t in graph.initializer}
+    try:
+        computed, unread, _ = fold_values(
+            graph, set(stubs), lambda name: arrays[name] if name in arrays else numpy_helper.to_array(stubs[name]))
+    except Exception as e:  # noqa: BLE001 - a crafted graph can make any of numpy/onnx's conversions fail
+        raise FormatError(f"graph section: cannot fold its dequantizing nodes ({type(e).__name__})") from e
+    del stubs
+    for position in reversed([i for i, t in enumerate(graph.initializer) if t.name in unread]):
+        arrays.pop(graph.initializer[position].name, None)
+        del graph.initializer[position]
+    for name, value in computed.items():
+        stub = graph.initializer.add()
+        stub.name, stub.data_type = name, helper.np_dtype_to_tensor_dtype(value.dtype)
+        stub.dims.extend(value.shape)
+        arrays[name] = value
+    return proto, arrays
+
+
+@_utf8_checked
 def inspect_container(source: str | Path | bytes | memoryview, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Sizes per section and per tensor, bits per element, and the order-0 bounds of masks and symbols."""
     container = read_container(source, max_bytes)
@@ -150,9 +203,10 @@ def inspect_container(source: str | Path | bytes | memoryview, max_bytes: int = 
             "totals": totals, "tensors": tensors}
 
 
-def _read_bytes(source: str | Path | bytes | memoryview) -> memoryview:
+def _read_bytes(source: str | Path | bytes | memoryview) -> tuple[memoryview, mmap.mmap | None]:
+    """The container's bytes: a view of ``source``, or of the file mapped read-only (and the mapping)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return memoryview(source)
+        return memoryview(source), None
     path = Path(source)
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
@@ -161,7 +215,8 @@ def _read_bytes(source: str | Path | bytes | memoryview) -> memoryview:
             raise FormatError(f"{path}: empty file, not an onnx-de container")
         if not is_container(handle.read(8)):
             raise FormatError(f"{path}: not an onnx-de container (no magic)")
-        return memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        return memoryview(mapping), mapping
 
 
 def _no_duplicate_keys(pairs: list) -> dict:
@@ -179,7 +234,7 @@ def _check_index(index, graph: onnx.ModelProto, sections: int, budget: int) -> l
     if len(records) != sections:
         raise FormatError(f"index section: {len(records)} tensor records for {sections} tensor sections")
     initializers = graph.graph.initializer
-    seen = set()
+    seen, names = set(), set()
     for number, record in enumerate(records):
         try:
             if not isinstance(record, dict):
@@ -191,6 +246,9 @@ def _check_index(index, graph: onnx.ModelProto, sections: int, budget: int) -> l
             if not (is_int(position) and 0 <= position < len(initializers)) or position in seen:
                 raise FormatError(f"initializer position {position!r} out of range or repeated")
             seen.add(position)
+            if record["name"] in names:
+                raise FormatError(f"tensor name {record['name']!r} repeated")
+            names.add(record["name"])
             stub = initializers[position]
             if stub.name != record["name"] or dtype != stub.data_type or dtype not in DTYPES:
                 raise FormatError("name or dtype does not match the graph's initializer")

@@ -18,7 +18,7 @@ __all__ = ["PRECISION", "TOTAL", "entropy_bits", "quantize_frequencies", "encode
 
 PRECISION = 16  # probabilities are multiples of 2**-16; every table row sums to 2**16
 TOTAL = 1 << PRECISION
-_CHUNK = 1 << 20  # symbols per call into the coder, so that per-symbol probability rows stay small
+_CHUNK = 1 << 20  # symbols per call into the coder
 
 
 def quantize_frequencies(counts: np.ndarray) -> np.ndarray:
@@ -67,27 +67,26 @@ def entropy_bits(counts: np.ndarray) -> float:
 def encode(symbols: np.ndarray, frequencies: np.ndarray, models: np.ndarray | None = None) -> bytes:
     """Code ``symbols`` (ints in ``[0, alphabet)``) with ``frequencies`` (``(alphabet,)`` or ``(models, alphabet)``).
 
-    ``models`` gives each symbol's table row (needed with several rows). Returns the compressed words as
-    little-endian uint32.
+    ``models`` gives each symbol's table row (needed with several rows); the symbols of row 0 are then coded
+    first, in order, then those of row 1, and so on, each group with one fixed table (the coder's fast path).
+    Returns the compressed words as little-endian uint32.
     """
     symbols = np.asarray(symbols).reshape(-1).astype(np.int32)
     table = np.atleast_2d(np.asarray(frequencies, dtype=np.int64))
     rows = np.zeros(symbols.size, np.int64) if models is None else np.asarray(models, np.int64).reshape(-1)
     if symbols.size and table[rows, symbols].min() <= 0:
         raise ValueError("a symbol has frequency 0 in its table")
+    order = _grouping(rows, table.shape[0])
+    groups = np.split(symbols[order], np.cumsum(np.bincount(rows, minlength=table.shape[0]))[:-1])
     coder = constriction.stream.stack.AnsCoder()
-    chunks = range(0, symbols.size, _CHUNK)
-    for start in reversed(chunks):  # a stack: the last chunk goes in first
-        part = slice(start, start + _CHUNK)
-        model, probabilities = _model(table, models, part)
-        if probabilities is None:
-            coder.encode_reverse(symbols[part], model)
-        else:
-            coder.encode_reverse(symbols[part], model, probabilities)
+    for row in reversed(range(table.shape[0])):  # a stack: what is decoded last goes in first
+        for start in reversed(range(0, groups[row].size, _CHUNK)):
+            coder.encode_reverse(groups[row][start : start + _CHUNK], _model(table[row]))
     return coder.get_compressed().astype("<u4").tobytes()
 
 
-def decode(stream: bytes | memoryview, count: int, frequencies: np.ndarray, models: np.ndarray | None = None) -> np.ndarray:
+def decode(stream: bytes | memoryview, count: int, frequencies: np.ndarray,
+           models: np.ndarray | None = None) -> np.ndarray:
     """Decode ``count`` symbols written by :func:`encode` with the same tables and ``models``.
 
     Returns the symbols (uint16). Raises :class:`FormatError` unless the stream holds exactly those symbols.
@@ -97,31 +96,40 @@ def decode(stream: bytes | memoryview, count: int, frequencies: np.ndarray, mode
         raise FormatError(f"a frequency table does not sum to 2**{PRECISION}")
     if models is None and table.shape[0] != 1:
         raise FormatError("several frequency tables but no model per symbol")
-    if models is not None and len(models) and (np.min(models) < 0 or np.max(models) >= table.shape[0]):
+    rows = np.zeros(count, np.int64) if models is None else np.asarray(models, np.int64).reshape(-1)
+    if rows.size != count or (count and (rows.min() < 0 or rows.max() >= table.shape[0])):
         raise FormatError("a symbol's model is not one of the tables")
     if len(stream) % 4:
         raise FormatError(f"a symbol stream of {len(stream)} bytes is not whole 32-bit words")
     words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
-    out = np.empty(count, dtype=np.uint16)
+    grouped = np.empty(count, dtype=np.uint16)
     try:
         coder = constriction.stream.stack.AnsCoder(words)
-        for start in range(0, count, _CHUNK):
-            part = slice(start, min(start + _CHUNK, count))
-            model, probabilities = _model(table, models, part)
-            if probabilities is None:
-                out[part] = coder.decode(model, part.stop - part.start)
-            else:
-                out[part] = coder.decode(model, probabilities)
+        start = 0
+        for row, size in enumerate(np.bincount(rows, minlength=table.shape[0])):
+            model = _model(table[row])
+            for chunk in range(start, start + size, _CHUNK):
+                end = min(chunk + _CHUNK, start + size)
+                grouped[chunk:end] = coder.decode(model, end - chunk)
+            start += size
     except ValueError as e:
         raise FormatError(f"symbol stream: {e}") from e
     if not coder.is_empty():
         raise FormatError("symbol stream does not end where its symbols do")
+    if models is None:
+        return grouped
+    out = np.empty(count, dtype=np.uint16)
+    out[_grouping(rows, table.shape[0])] = grouped
     return out
 
 
-def _model(table: np.ndarray, models: np.ndarray | None, part: slice):
-    """The constriction model for symbols ``part``: one fixed table, or a family with a probability row each."""
-    probabilities = (table / TOTAL).astype(np.float32)
-    if models is None:
-        return constriction.stream.model.Categorical(probabilities[0], perfect=False), None
-    return constriction.stream.model.Categorical(perfect=False), probabilities[np.asarray(models[part], np.int64)]
+def _grouping(rows: np.ndarray, tables: int) -> np.ndarray:
+    """The positions of the symbols of table 0, in order, then of table 1, ... (a stable sort of ``rows``)."""
+    if tables <= 256:
+        rows = rows.astype(np.uint8)  # numpy sorts small integers stably by radix: several times faster
+    return np.argsort(rows, kind="stable")
+
+
+def _model(frequencies: np.ndarray):
+    """The coder's model of one table: the float32 probabilities ``frequencies / 2**16`` (exact)."""
+    return constriction.stream.model.Categorical((frequencies / TOTAL).astype(np.float32), perfect=False)
