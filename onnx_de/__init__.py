@@ -2,16 +2,19 @@
 
 The public API: load a model and find its prunable weights, load calibration and evaluation data, run
 teacher and student in ONNX Runtime and measure fidelity, sparsify by Directed Evolution, quantize the surviving
-weights, encode the result into a compact container and decode it at load time, and reach the zoo.
+weights, encode the result into a compact container and decode it at load time, do all of it in one call
+(``optimize``), and reach the zoo.
 """
 
 from .codec import InferenceSession, decode, encode, inspect_container
+from .config import OptimizeConfig, load_config
 from .data import Dataset, Preprocess, load_data
 from .errors import ConfigError, DataError, FormatError, ModelError, OnnxDeError, UnsupportedVersionError, ZooError
 from .evaluate import evaluate
 from .evolution import SearchConfig
 from .metrics import MetricSpec, fidelity
 from .model import Model, TensorSpec, WeightInfo, WeightSelection, load_model
+from .optimize import OptimizeResult, optimize
 from .quantize import QuantizeResult, quantize
 from .runtime import create_session, run_model
 from .sparsify import SparsifyResult, sparsify
@@ -29,6 +32,8 @@ __all__ = [
     "Model",
     "ModelError",
     "OnnxDeError",
+    "OptimizeConfig",
+    "OptimizeResult",
     "Preprocess",
     "QuantizeResult",
     "SearchConfig",
@@ -46,9 +51,11 @@ __all__ = [
     "fetch",
     "fidelity",
     "inspect_container",
+    "load_config",
     "load_data",
     "load_model",
     "open_model",
+    "optimize",
     "quantize",
     "run_model",
     "sparsify",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .codec import decode, encode, inspect_container
+from .config import OptimizeConfig, load_config
 from .codec.container import is_container
 from .data import Preprocess
 from .errors import OnnxDeError, first_line
@@ -23,6 +24,7 @@ from .evaluate import evaluate
 from .metrics import METRICS
 from .model import WeightSelection
 from .evolution import PRIORS, SearchConfig
+from .optimize import optimize
 from .quantize import quantize
 from .quantizers import SCHEMES
 from .sparsify import METHODS, sparsify
@@ -118,6 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-o", "--output", type=Path, required=True, help="the .onnx model")
     dec.add_argument("--quantized", action="store_true",
                      help="keep quantized weights and their dequantizing nodes (default: plain float weights)")
+
+    opt = commands.add_parser(
+        "optimize", help="sparsify, quantize, encode, verify and report in one go (model.onnx, model.ode, reports)")
+    opt.add_argument("model", help="an .onnx file or zoo:NAME")
+    _add_data(opt, default_split="calibration")
+    opt.add_argument("-o", "--output", type=Path, required=True, help="the output folder")
+    opt.add_argument("--config", type=Path, help="a TOML (or .json) config; options given here override it")
+    target = opt.add_mutually_exclusive_group()
+    target.add_argument("--sparsity", type=float, help="global target fraction of zeros")
+    target.add_argument("--per-layer", action="append", type=_parse_per_layer, metavar="NAME|re:PATTERN=FRACTION,...",
+                        help="per-layer sparsity targets; repeatable")
+    opt.add_argument("--bits", type=_parse_bits, help="1 to 8, or auto (needs --budget; the default with one)")
+    opt.add_argument("--budget", type=float, metavar="MIN",
+                     help="the lowest primary fidelity metric on the calibration data, e.g. 0.98; alone, it "
+                          "searches the sparsity and bits")
+    opt.add_argument("--scheme", choices=SCHEMES, help="quantization levels (default codebook)")
+    opt.add_argument("--seed", type=int)
+    opt.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
+    opt.add_argument("--resume", action="store_true", help="continue an interrupted search in OUTPUT")
+    opt.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    opt.add_argument("--json", action="store_true", help="print report.json instead of a summary")
 
     demo = commands.add_parser("demo", help="run onnx-de on the bundled mnist-mlp")
     demo.add_argument("-o", "--output", type=Path, default=Path("onnx-de-demo"), help="output folder")
@@ -371,6 +394,26 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else None
+    per_layer = {k: {"sparsity": v} for mapping in (args.per_layer or []) for k, v in mapping.items()}
+    settings = {"sparsity": args.sparsity, "bits": args.bits, "budget": args.budget, "scheme": args.scheme,
+                "seed": args.seed, "threads": args.threads, "calibration_samples": args.limit,
+                "layers": per_layer or None}
+    if config is None:
+        config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})
+        settings = {}
+    result = optimize(args.model, args.data, args.output, config, eval_data=args.eval_data, resume=args.resume,
+                      progress=_progress_line if sys.stderr.isatty() else None, **settings)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(result.summary())
+    return 0
+
+
 def _progress_line(record: dict) -> None:
     print(f"\rgeneration {record['generation']:>5}  sparsity {record['sparsity']:.4f}  "
           f"divergence {record['divergence']:.3g}  {record['candidates_per_s']:.0f} candidates/s",
@@ -385,5 +428,5 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"inspect": _inspect, "eval": _eval, "sparsify": _sparsify, "quantize": _quantize, "zoo": _zoo,
-             "encode": _encode, "decode": _decode, "demo": _demo}
+             "encode": _encode, "decode": _decode, "optimize": _optimize, "demo": _demo}
 

@@ -36,8 +36,12 @@ class Dataset:
 
     def take(self, count: int) -> Dataset:
         """The first ``count`` samples."""
-        labels = None if self.labels is None else self.labels[:count]
-        return Dataset({k: v[:count] for k, v in self.inputs.items()}, labels, self.name)
+        return self.part(0, count)
+
+    def part(self, start: int, stop: int | None, name: str | None = None) -> Dataset:
+        """Samples ``start`` to ``stop`` (a view, not a copy)."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return Dataset({k: v[start:stop] for k, v in self.inputs.items()}, labels, name or self.name)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from .allocation import search_bits
 from .compensate import LayerProbe, input_energy
+from .config import layer_setting
 from .data import Dataset, load_data
 from .errors import ConfigError
 from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .export import export_quantized
+from .metrics import MetricSpec
 from .fileio import atomic_write_bytes
 from .model import Model, WeightSelection, load_model
 from .quantizers import MAX_BITS, SCHEMES, QuantizedTensor, quantize_tensor
@@ -60,6 +62,8 @@ def quantize(
     output: str | Path | None = None,
     calibration_samples: int | None = None,
     intra_op_threads: int | None = None,
+    layer_bits: dict[str, int] | None = None,
+    metric: str | MetricSpec | None = None,
 ) -> QuantizeResult:
     """Quantize the non-zero prunable weights of ``model`` and export a model with quantized initializers.
 
@@ -79,6 +83,9 @@ def quantize(
         output: where to write the quantized ONNX model (atomically).
         calibration_samples: use at most this many calibration samples.
         intra_op_threads: ONNX Runtime threads per operator.
+        layer_bits: fixed bits for the layers an exact name or ``re:PATTERN`` names (exact names first, then
+            the first matching pattern); ``bits`` applies to the others (with ``auto``, they are searched).
+        metric: the fidelity metric (default: the zoo entry's for ``zoo:NAME`` data, else from the outputs).
     """
     started = time.perf_counter()
     if scheme not in SCHEMES:
@@ -94,7 +101,7 @@ def quantize(
     if reference is not None:
         check_same_interface(reference, student_in)
     calibration = load_data(data, student_in, split="calibration", limit=calibration_samples)
-    spec = resolve_metric(None, student_in, data, model)
+    spec = resolve_metric(metric, student_in, data, model)
     evaluation = evaluation_data(eval_data, data, student_in)
     weights = [w for w in student_in.prunable if w.dtype == "float32"]
     if not weights:
@@ -104,41 +111,43 @@ def quantize(
         probe = LayerProbe(student_in, weights, calibration, intra_op_threads=intra_op_threads)
         energies = {w.name: input_energy(probe, w.name) for w in weights}
 
-    def quantized_at(width: int) -> dict[str, QuantizedTensor]:
-        return {
-            w.name: quantize_tensor(student_in.initializer(w.name), width, scheme, symmetric=symmetric,
-                                    axis=w.out_axis if per_channel else None, energy=energies[w.name])
-            for w in weights
-        }
+    fixed = {w.name: layer_setting(w.name, layer_bits or {}) for w in weights}
+    for pattern, width in (layer_bits or {}).items():
+        if not isinstance(width, int) or not 1 <= width <= MAX_BITS:
+            raise ConfigError(f"layer bits {pattern}={width!r} must be an integer from 1 to {MAX_BITS}")
+
+    def quantized(w, width: int) -> QuantizedTensor:
+        return quantize_tensor(student_in.initializer(w.name), width, scheme, symmetric=symmetric,
+                               axis=w.out_axis if per_channel else None, energy=energies[w.name])
 
     calibration_metric = None
     if bits == "auto":
-        options = {width: quantized_at(width) for width in range(1, MAX_BITS + 1)}
-        by_layer = {w.name: {width: options[width][w.name] for width in options} for w in weights}
+        by_layer = {w.name: {width: quantized(w, width) for width in
+                             ([fixed[w.name]] if fixed[w.name] else range(1, MAX_BITS + 1))} for w in weights}
         scorer = Scorer(student_in, calibration, [w.name for w in weights], spec,
                         intra_op_threads=intra_op_threads, reference=reference)
         chosen, calibration_metric = search_bits(scorer, by_layer, budget)
-        quantized = {name: by_layer[name][width] for name, width in chosen.items()}
+        chosen_levels = {name: by_layer[name][width] for name, width in chosen.items()}
     else:
-        quantized = quantized_at(bits)
-    exported = export_quantized(student_in, quantized)
+        chosen_levels = {w.name: quantized(w, fixed[w.name] or bits) for w in weights}
+    exported = export_quantized(student_in, chosen_levels)
     student = load_model(exported)
     if output is not None:
         atomic_write_bytes(output, student.serialized())
     fidelity = None
     if evaluation is not None:
         fidelity = evaluate(reference or student_in, student, evaluation, metric=spec, intra_op_threads=intra_op_threads)
-    survivors = sum(q.survivors for q in quantized.values())
+    survivors = sum(q.survivors for q in chosen_levels.values())
     layers = {
         name: {"bits": q.bits, "scheme": q.scheme, "survivors": q.survivors, "size": int(q.levels.size),
                "levels": int(len(q.codebook)) if q.codebook is not None else 2**q.bits}
-        for name, q in quantized.items()
+        for name, q in chosen_levels.items()
     }
     settings = {"bits": bits, "budget": budget, "symmetric": symmetric, "per_channel": per_channel,
-                "weighted": weighted}
+                "weighted": weighted, "layer_bits": dict(layer_bits or {})}
     return QuantizeResult(
-        student=student, quantized=quantized, scheme=scheme, layers=layers,
-        average_bits=float(sum(q.bits * q.survivors for q in quantized.values()) / max(survivors, 1)),
+        student=student, quantized=chosen_levels, scheme=scheme, layers=layers,
+        average_bits=float(sum(q.bits * q.survivors for q in chosen_levels.values()) / max(survivors, 1)),
         calibration_metric=calibration_metric, fidelity=fidelity, seconds=time.perf_counter() - started,
         settings=settings,
     )

@@ -15,6 +15,7 @@ from .compensate import LayerProbe, compensate as compensate_layers, saliency as
 from .data import Dataset, load_data
 from .errors import ConfigError
 from .evaluate import evaluate, evaluation_data, resolve_metric
+from .metrics import MetricSpec
 from .evolution import SearchConfig, evolve, layer_targets
 from .fileio import atomic_write_bytes
 from .model import Model, WeightSelection
@@ -81,6 +82,7 @@ def sparsify(
     intra_op_threads: int | None = None,
     workers: int = 1,
     progress=None,
+    metric: str | MetricSpec | None = None,
 ) -> SparsifyResult:
     """Zero a fraction of ``model``'s prunable weights while keeping its outputs close to the original's.
 
@@ -102,6 +104,7 @@ def sparsify(
         intra_op_threads: ONNX Runtime threads per operator (per worker).
         workers: Scorer replicas that score a generation's candidates in parallel threads (DE only).
         progress: callback receiving each generation's record.
+        metric: the fidelity metric (default: the zoo entry's for ``zoo:NAME`` data, else from the outputs).
 
     Example:
         >>> result = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9))
@@ -115,7 +118,7 @@ def sparsify(
     started = time.perf_counter()
     teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
     calibration = load_data(data, teacher, split="calibration", limit=calibration_samples)
-    spec = resolve_metric(None, teacher, data, model)
+    spec = resolve_metric(metric, teacher, data, model)
     evaluation = evaluation_data(eval_data, data, teacher)
     prunable = teacher.prunable
     names = [w.name for w in prunable]

@@ -58,11 +58,24 @@ def test_eval_of_a_model_against_itself_is_perfect_with_stable_keys():
 def test_demo_writes_its_outputs(tmp_path):
     done = cli("demo", "-o", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
-    assert "top-1 agreement" in done.stdout
-    result = json.loads((tmp_path / "demo" / "sparsify.json").read_text())
-    assert result["sparsity"] == pytest.approx(0.9, abs=1e-5) and result["fidelity"]["top1_agreement"] >= 0.98
-    assert onnx_de.evaluate("zoo:mnist-mlp", tmp_path / "demo" / "sparse.onnx", "zoo:mnist-mlp")["top1_agreement"] >= 0.98
+    assert "smaller" in done.stdout and "top1_agreement" in done.stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["sparsity"] == pytest.approx(0.9, abs=1e-3) and report["fidelity"]["top1_agreement"] >= 0.98
+    assert report["sizes"]["ratio"] >= 35
+    decoded = onnx_de.decode(tmp_path / "demo" / "model.ode")
+    assert onnx_de.evaluate("zoo:mnist-mlp", decoded, "zoo:mnist-mlp")["top1_agreement"] >= 0.98
     assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_optimize_with_a_config_file_and_an_override(tmp_path):
+    (tmp_path / "c.toml").write_text("sparsity = 0.8\nbits = 6\n[layers]\n'fc3.weight' = { bits = 8 }\n")
+    done = cli("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", str(tmp_path / "out"),
+               "--config", str(tmp_path / "c.toml"), "--bits", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["config"]["bits"] == 5 and report["layers"]["fc3.weight"]["bits"] == 8
+    assert report["layers"]["fc1.weight"]["bits"] == 5 and report["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert (tmp_path / "out" / "model.ode").stat().st_size == report["sizes"]["container"]
 
 
 def test_quantize_writes_a_model_with_integer_weights(tmp_path):
@@ -126,11 +139,18 @@ def bad_inputs(tmp_path_factory):
         (("decode", "{bad}/truncated.ode", "-o", "{bad}/x.onnx"), "truncated"),
         (("decode", "{bad}/damaged.ode", "-o", "{bad}/x.onnx"), "checksum mismatch"),
         (("inspect", "{bad}/damaged.ode"), "checksum mismatch"),
+        (("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/out", "--config", "{bad}/notes.onnx"),
+         "not valid TOML"),
+        (("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/out"),
+         "give a sparsity target, a fidelity budget, or both"),
+        (("optimize", "{bad}/relu.onnx", "--data", "zoo:mnist-mlp", "-o", "{bad}/out", "--sparsity", "0.5"),
+         "nothing to prune"),
     ],
 )
 def test_bad_inputs_get_one_line_errors(bad_inputs, args, expected):
     assert_one_line_error(cli(*(a.format(bad=bad_inputs) for a in args)), expected)
     assert not (bad_inputs / "x.onnx").exists() and not (bad_inputs / "x.ode").exists()
+    assert not (bad_inputs / "out").exists() or not any((bad_inputs / "out").iterdir())
 
 
 def test_encode_inspect_decode_round_trip(tmp_path):

@@ -1,0 +1,209 @@
+"""``OptimizeConfig``: the settings of one ``optimize`` run, from TOML, JSON or code, with per-layer overrides.
+
+A config file is TOML::
+
+    sparsity = 0.9          # global target; or leave it out and give a budget
+    bits = 4                # 1-8, or "auto" (needs budget)
+    budget = 0.98           # the lowest primary fidelity metric on the calibration data
+    seed = 0
+
+    [layers]                # per-layer overrides: exact names, or re:PATTERN (full match)
+    "fc3.weight" = { sparsity = 0.5, bits = 6 }
+    "re:conv.*" = { sparsity = 0.7 }
+
+Precedence: an exact name beats every pattern; among patterns the first listed that matches wins; a layer
+no entry matches follows the global settings. With sparsity overrides every layer gets its own target (the
+override's, or the global one) instead of competing for a global one. Unknown keys anywhere are errors that
+name the key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+from .evolution import PRIORS, SearchConfig
+from .model import DEFAULT_MIN_SIZE, WeightSelection, matches
+from .quantizers import MAX_BITS, SCHEMES
+
+__all__ = ["CONFIG_VERSION", "OptimizeConfig", "LayerOverride", "load_config", "layer_setting"]
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Settings of the layers an exact name or ``re:`` pattern matches (``None``: the global setting)."""
+
+    sparsity: float | None = None
+    bits: int | None = None
+
+
+@dataclass
+class OptimizeConfig:
+    """Everything ``optimize`` needs besides the model and data. Round-trips through :meth:`to_dict`.
+
+    Attributes:
+        sparsity: global target fraction of zeros; ``None`` with a ``budget``: the sparsity and bits of the
+            smallest container that keeps the budget on held-out calibration samples (see ``optimize``).
+        bits: bits per surviving weight (1-8) or ``auto`` (fewest within ``budget``).
+        budget: the lowest primary fidelity metric (top-1 agreement, mask IoU, ...) on the calibration data.
+        scheme: ``codebook`` or ``uniform`` levels.
+        seed: random seed of the search.
+        population, survivors, prior: Directed-Evolution settings (see :class:`~onnx_de.SearchConfig`).
+        compensate: refit surviving weights by least squares after the search.
+        layers: per-layer overrides keyed by exact name or ``re:PATTERN``.
+        include, exclude, min_size: which weights are prunable (see :class:`~onnx_de.WeightSelection`).
+        calibration_samples: use at most this many calibration samples.
+        threads: ONNX Runtime intra-op threads.
+    """
+
+    sparsity: float | None = None
+    bits: int | str | None = None
+    budget: float | None = None
+    scheme: str = "codebook"
+    seed: int = 0
+    population: int = SearchConfig.population
+    survivors: int = SearchConfig.survivors
+    prior: str = SearchConfig.prior
+    compensate: bool = True
+    layers: dict[str, LayerOverride] = field(default_factory=dict)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_size: int = DEFAULT_MIN_SIZE
+    calibration_samples: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.layers = {key: value if isinstance(value, LayerOverride) else _override(key, value)
+                       for key, value in self.layers.items()}
+        self.include, self.exclude = tuple(self.include), tuple(self.exclude)
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
+        if self.sparsity is None and self.budget is None:
+            raise ConfigError("give a sparsity target, a fidelity budget, or both")
+        if self.sparsity is not None and not 0 < self.sparsity < 1:
+            raise ConfigError(f"sparsity must be between 0 and 1, got {self.sparsity}")
+        if self.bits is None:
+            self.bits = "auto" if self.budget is not None else 4
+        if self.bits == "auto" and self.budget is None:
+            raise ConfigError("bits = auto needs a fidelity budget")
+        if self.bits != "auto" and (not _is_int(self.bits) or not 1 <= self.bits <= MAX_BITS):
+            raise ConfigError(f"bits must be 'auto' or an integer from 1 to {MAX_BITS}, got {self.bits!r}")
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        self.search()  # validates the search settings
+
+    @property
+    def selection(self) -> WeightSelection:
+        return WeightSelection(self.include, self.exclude, self.min_size)
+
+    def search(self, sparsity: float | None = None) -> SearchConfig:
+        """The Directed-Evolution settings for the config's global target, or for ``sparsity`` (then without the
+        budget, which a budget search checks on held-out samples instead)."""
+        target = sparsity if sparsity is not None else self.sparsity
+        per_layer = _by_precedence({key: o.sparsity for key, o in self.layers.items() if o.sparsity is not None})
+        if per_layer:  # the layers no override names keep the global target
+            per_layer["re:.*"] = target if target is not None else 0.0
+        return SearchConfig(sparsity=target if target is not None else SearchConfig.sparsity, per_layer=per_layer,
+                            population=self.population, survivors=self.survivors, prior=self.prior, seed=self.seed,
+                            budget=self.budget if sparsity is None and self.sparsity is not None else None)
+
+    def layer_bits(self) -> dict[str, int]:
+        """Fixed bits per exact name or pattern, exact names first (the order :func:`layer_setting` reads)."""
+        return _by_precedence({key: o.bits for key, o in self.layers.items() if o.bits is not None})
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (with ``version``) that :meth:`from_dict` turns back into an equal config."""
+        out = asdict(self)
+        out["layers"] = {key: {k: v for k, v in asdict(o).items() if v is not None} for key, o in self.layers.items()}
+        out["include"], out["exclude"] = list(self.include), list(self.exclude)
+        return {"version": CONFIG_VERSION, **out}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "OptimizeConfig":
+        """The config of ``values``; unknown keys and versions are :class:`ConfigError`."""
+        values = dict(values)
+        version = values.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"config version {version!r} is not supported (this onnx-de reads {CONFIG_VERSION})")
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known))})")
+        layers = values.get("layers", {})
+        if not isinstance(layers, dict):
+            raise ConfigError("layers must be a table of NAME or re:PATTERN = { sparsity = ..., bits = ... }")
+        return cls(**values)
+
+    def with_overrides(self, **changes) -> "OptimizeConfig":
+        """A copy with the given settings replaced (``None`` values are ignored)."""
+        values = self.to_dict()
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return OptimizeConfig.from_dict(values)
+
+
+def load_config(path: str | Path) -> OptimizeConfig:
+    """Read a TOML (or ``.json``) config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from e
+    try:
+        values = json.loads(text) if path.suffix == ".json" else _toml().loads(text)
+    except ValueError as e:  # tomllib.TOMLDecodeError and json.JSONDecodeError are ValueErrors
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from e
+    try:
+        return OptimizeConfig.from_dict(values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def layer_setting(name: str, overrides: dict[str, object]):
+    """The value for weight ``name`` in ``overrides``: its exact name, else the first pattern that matches."""
+    if name in overrides:
+        return overrides[name]
+    return next((value for key, value in overrides.items() if key.startswith("re:") and matches(name, key)), None)
+
+
+def _by_precedence(overrides: dict) -> dict:
+    """Exact names first, then patterns in the order given: the first match of this order wins."""
+    return {**{k: v for k, v in overrides.items() if not k.startswith("re:")},
+            **{k: v for k, v in overrides.items() if k.startswith("re:")}}
+
+
+def _override(key: str, value) -> LayerOverride:
+    if not isinstance(value, dict):
+        raise ConfigError(f"layers.{key} must be a table like {{ sparsity = 0.5, bits = 6 }}")
+    for item in value:
+        if item not in ("sparsity", "bits"):
+            raise ConfigError(f"unknown config key 'layers.{key}.{item}' (known: bits, sparsity)")
+    sparsity, bits = value.get("sparsity"), value.get("bits")
+    if sparsity is not None and (isinstance(sparsity, bool) or not 0 <= sparsity < 1):
+        raise ConfigError(f"layers.{key}.sparsity must be in [0, 1), got {sparsity!r}")
+    if bits is not None and (not _is_int(bits) or not 1 <= bits <= MAX_BITS):
+        raise ConfigError(f"layers.{key}.bits must be an integer from 1 to {MAX_BITS}, got {bits!r}")
+    if key.startswith("re:"):
+        try:
+            re.compile(key[3:])
+        except re.error as e:
+            raise ConfigError(f"layers.{key}: not a regular expression ({e})") from e
+    return LayerOverride(sparsity=sparsity, bits=bits)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _toml():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib

@@ -1,0 +1,225 @@
+"""``optimize``: sparsify, quantize, export, encode, decode and verify, report: one call, one output folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .codec import decode, encode, inspect_container
+from .config import OptimizeConfig
+from .data import Dataset, load_data
+from .errors import ConfigError
+from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
+from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .model import Model, load_model
+from .quantize import QuantizeResult, quantize
+from .report import render_html
+from .sparsify import SparsifyResult, sparsify
+from .zoo import open_model, zoo_path
+
+__all__ = ["OUTPUTS", "OptimizeResult", "optimize"]
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("model.onnx", "model.ode", "report.json", "report.html")
+CHECKPOINT = ".search.checkpoint.npz"
+_BUDGET_LADDER = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)  # sparsity levels a budget search climbs
+_BUDGET_BITS = (6, 5, 4, 3, 2)
+
+
+@dataclass
+class OptimizeResult:
+    """What ``optimize`` wrote and measured. Fidelity is that of the model decoded from ``model.ode``."""
+
+    output: Path
+    config: OptimizeConfig
+    source: str
+    original_bytes: int
+    onnx_bytes: int
+    container_bytes: int
+    sparsified: SparsifyResult
+    quantized: QuantizeResult
+    container: dict
+    fidelity: dict | None
+    seconds: dict
+    tried: list[dict]
+
+    @property
+    def ratio(self) -> float:
+        """How many times smaller the container is than the original model file."""
+        return self.original_bytes / self.container_bytes
+
+    def to_dict(self) -> dict:
+        """The numbers of ``report.json``."""
+        layers = {name: {**layer, "bits": self.quantized.layers.get(name, {}).get("bits")}
+                  for name, layer in self.sparsified.layers.items()}
+        return {
+            "source": self.source, "output": str(self.output), "config": self.config.to_dict(),
+            "sizes": {"original": self.original_bytes, "onnx": self.onnx_bytes, "container": self.container_bytes,
+                      "ratio": self.ratio},
+            "sparsity": self.sparsified.sparsity, "average_bits": self.quantized.average_bits,
+            "stopped": self.sparsified.stopped, "layers": layers, "fidelity": self.fidelity,
+            "calibration_metric_after_quantization": self.quantized.calibration_metric,
+            "trajectory": self.sparsified.trajectory, "container": self.container, "seconds": self.seconds,
+            "budget_search": self.tried,
+        }
+
+    def summary(self) -> str:
+        """A short table for the terminal."""
+        rows = [("model", f"{self.source} ({self.original_bytes:,} bytes)"),
+                ("container", f"{self.output / 'model.ode'} ({self.container_bytes:,} bytes, "
+                              f"{self.ratio:.1f}x smaller)"),
+                ("sparsity", f"{self.sparsified.sparsity:.3f}" + (" (stopped by the budget)"
+                                                                  if self.sparsified.stopped == "budget" else "")),
+                ("bits", f"{self.quantized.average_bits:.2f} per surviving weight ({self.quantized.scheme})")]
+        if self.fidelity:
+            primary = self.fidelity["primary"]
+            extra = (f", accuracy {self.fidelity['accuracy']:.4f} (original {self.fidelity['teacher_accuracy']:.4f})"
+                     if "accuracy" in self.fidelity else "")
+            rows.append(("fidelity", f"{primary} {self.fidelity[primary]:.4f} on {self.fidelity['samples']} unseen "
+                                     f"samples, decoded from the container{extra}"))
+        rows.append(("time", f"{sum(self.seconds.values()):.0f} s"))
+        rows.append(("report", str(self.output / "report.html")))
+        return "\n".join(f"{name:<10} {value}" for name, value in rows)
+
+
+def optimize(
+    model: str | Path | Model,
+    data: str | Path | Dataset,
+    output: str | Path,
+    config: OptimizeConfig | None = None,
+    *,
+    eval_data: str | Path | Dataset | None = None,
+    resume: bool = False,
+    progress=None,
+    **settings,
+) -> OptimizeResult:
+    """Make ``model`` small: sparsify by DE, quantize, export, encode, then decode the container and measure it.
+
+    Writes ``model.onnx`` (quantized initializers), ``model.ode`` (the container), ``report.json`` and
+    ``report.html`` into ``output``, each atomically and only once everything before it succeeded. With a
+    sparsity target, an interrupted search leaves a checkpoint there that ``resume=True`` continues. With only a
+    budget, sparsity levels and bits are searched (see ``budget_search`` in the report; no checkpoint).
+
+    Args:
+        model: the original model (path, :class:`Model` or ``zoo:NAME``).
+        data: calibration data (``zoo:NAME`` uses its calibration split).
+        output: the output folder.
+        config: the settings; keyword ``settings`` (``sparsity=``, ``bits=``, ``budget=``, ``seed=`` ...)
+            build one or replace its fields.
+        eval_data: data for the reported fidelity (default: the evaluation split of ``zoo:NAME`` data).
+        resume: continue an interrupted search from the checkpoint in ``output``.
+        progress: called with each generation's record of the search.
+
+    Example:
+        >>> result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", "out", budget=0.98)
+        >>> print(result.summary())
+    """
+    config = config.with_overrides(**settings) if config is not None else OptimizeConfig(**settings)
+    output = Path(output)
+    seconds = {}
+    teacher = open_model(model, config.selection, require_prunable=True)
+    calibration = load_data(data, teacher, split="calibration", limit=config.calibration_samples)
+    evaluation = evaluation_data(eval_data, data, teacher)
+    spec = resolve_metric(None, teacher, data, model)
+    output.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    started = time.perf_counter()
+    if config.sparsity is None:
+        sparse, quantized, tried = _smallest_within_budget(teacher, calibration, spec, config, progress)
+    else:
+        sparse = sparsify(teacher, calibration, config=config.search(), compensate=config.compensate,
+                          selection=config.selection, checkpoint=output / CHECKPOINT, resume=resume,
+                          intra_op_threads=config.threads, progress=progress, metric=spec)
+        quantized = quantize(sparse.student, calibration, bits=config.bits, budget=config.budget,
+                             scheme=config.scheme, teacher=teacher, selection=config.selection,
+                             intra_op_threads=config.threads, layer_bits=config.layer_bits(), metric=spec)
+        tried = []
+    seconds["search"] = time.perf_counter() - started
+    log.info("sparsity %.4f, %.2f bits, in %.1f s", sparse.sparsity, quantized.average_bits, seconds["search"])
+
+    started = time.perf_counter()
+    exported = quantized.student.serialized()
+    container = encode(quantized.student)
+    seconds["encode"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    decoded = load_model(decode(container))
+    check_same_interface(teacher, decoded)
+    seconds["decode"] = time.perf_counter() - started
+    fidelity = None
+    if evaluation is not None:
+        started = time.perf_counter()
+        fidelity = evaluate(teacher, decoded, evaluation, metric=spec, intra_op_threads=config.threads)
+        seconds["evaluate"] = time.perf_counter() - started
+
+    result = OptimizeResult(
+        output=output, config=config, source=teacher.source, original_bytes=_original_bytes(model, teacher),
+        onnx_bytes=len(exported), container_bytes=len(container), sparsified=sparse, quantized=quantized,
+        container=inspect_container(container), fidelity=fidelity, seconds=seconds, tried=tried,
+    )
+    report = result.to_dict()
+    atomic_write_bytes(output / "model.onnx", exported)
+    atomic_write_bytes(output / "model.ode", container)
+    atomic_write_json(output / "report.json", report)
+    atomic_write_text(output / "report.html", render_html(report))
+    (output / CHECKPOINT).unlink(missing_ok=True)  # complete: nothing left to resume
+    return result
+
+
+def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: OptimizeConfig, progress):
+    """Sparsity levels up a ladder, and bits down from 6, each pair judged on held-out calibration samples.
+
+    The last quarter of the calibration data is held out: DE, compensation and quantization never see it, so
+    it shows what the fitted student does on samples it was not fitted to. Returns the sparsify and quantize
+    results of the smallest container whose held-out primary metric keeps the budget (the least sparse,
+    widest setting when none does), and every setting tried.
+    """
+    held_out = max(1, len(calibration) // 4)
+    if len(calibration) < 8:
+        raise ConfigError(f"a budget search needs at least 8 calibration samples to hold a quarter out, "
+                          f"got {len(calibration)}")
+    search = calibration.part(0, len(calibration) - held_out, f"{calibration.name}[search]")
+    check = calibration.part(len(calibration) - held_out, None, f"{calibration.name}[held out]")
+    widths = [config.bits] if config.bits != "auto" else list(_BUDGET_BITS)
+    tried, best, fallback = [], None, None
+    for level in _BUDGET_LADDER:
+        sparse = sparsify(teacher, search, config=config.search(level), compensate=config.compensate,
+                          selection=config.selection, intra_op_threads=config.threads, metric=spec,
+                          progress=progress)
+        kept_any = False
+        for width in widths:
+            quantized = quantize(sparse.student, search, bits=width, scheme=config.scheme, teacher=teacher,
+                                 selection=config.selection, eval_data=check, intra_op_threads=config.threads,
+                                 layer_bits=config.layer_bits(), metric=spec)
+            size = len(encode(quantized.student))
+            metric = quantized.fidelity[quantized.fidelity["primary"]]
+            tried.append({"sparsity": level, "bits": width, "container": size, "held_out_metric": metric,
+                          "kept": metric >= config.budget})
+            log.info("budget search: sparsity %.2f, %d bits: %d bytes, held-out %s %.4f", level, width, size,
+                     spec.primary, metric)
+            fallback = fallback or (sparse, quantized)
+            if metric < config.budget:
+                break  # fewer bits only lose more
+            kept_any = True
+            if best is None or size < best[0]:
+                best = (size, sparse, quantized)
+        if not kept_any:
+            break  # sparser only loses more
+    if best is None:
+        log.warning("no setting keeps the budget %.4f on held-out samples; returning the least compressed",
+                    config.budget)
+        return (*fallback, tried)
+    return best[1], best[2], tried
+
+
+def _original_bytes(model, teacher: Model) -> int:
+    """The size of the file the user gave (the zoo's file for ``zoo:NAME``), else of the serialized model."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if str(model).startswith("zoo:"):
+            path = zoo_path(str(model)[4:])
+        if path.is_file():
+            return path.stat().st_size
+    return len(teacher.serialized())

@@ -1,0 +1,139 @@
+"""``optimize``: configs, the one-call pipeline on a real model, its reports, and interruption and resume."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx_de
+from onnx_de import ConfigError
+from onnx_de.config import OptimizeConfig, load_config
+from onnx_de.optimize import CHECKPOINT, OUTPUTS, optimize
+
+from test_codec import run_unoptimized
+
+CONFIG = """
+sparsity = 0.9
+bits = 4
+seed = 3
+
+[layers]
+"re:fc.*" = { bits = 5 }
+"fc3.weight" = { sparsity = 0.5, bits = 6 }
+"re:fc[12].weight" = { sparsity = 0.8 }
+"""
+
+
+def test_config_round_trips_through_json_and_toml(tmp_path):
+    (tmp_path / "c.toml").write_text(CONFIG)
+    config = load_config(tmp_path / "c.toml")
+    assert OptimizeConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    (tmp_path / "c.json").write_text(json.dumps(config.to_dict()))
+    assert load_config(tmp_path / "c.json") == config
+    assert config.seed == 3 and config.bits == 4
+
+
+def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
+    config = load_config_text(CONFIG)
+    search = config.search()
+    assert list(search.per_layer) == ["fc3.weight", "re:fc[12].weight", "re:.*"]  # the order targets are read in
+    assert search.per_layer["re:.*"] == 0.9
+    assert list(config.layer_bits()) == ["fc3.weight", "re:fc.*"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sparsity = 0.9\nspeed = 2\n", "unknown config key 'speed'"),
+    ("sparsity = 0.9\n[layers]\n'fc1.weight' = { sparsity = 0.5, colour = 1 }\n", "layers.fc1.weight.colour"),
+    ("bits = 'auto'\nsparsity = 0.9\n", "needs a fidelity budget"),
+    ("bits = 4\n", "give a sparsity target, a fidelity budget, or both"),
+    ("sparsity = 1.5\n", "sparsity must be between 0 and 1"),
+    ("sparsity = 0.9\n[layers]\n're:(' = { bits = 3 }\n", "not a regular expression"),
+    ("sparsity = 0.9\nversion = 7\n", "config version 7"),
+    ("sparsity = = 0.9\n", "not valid TOML"),
+])
+def test_bad_configs_name_what_is_wrong(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config_text(text, tmp_path)
+
+
+def load_config_text(text: str, folder=None) -> OptimizeConfig:
+    folder = Path(folder or tempfile.mkdtemp())
+    (folder / "c.toml").write_text(text)
+    return load_config(folder / "c.toml")
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("optimized")
+    return optimize("zoo:mnist-mlp", "zoo:mnist-mlp", folder, sparsity=0.9, bits=4), folder
+
+
+def test_optimize_writes_the_four_outputs_and_measures_the_decoded_container(optimized):
+    result, folder = optimized
+    assert sorted(p.name for p in folder.iterdir()) == sorted(OUTPUTS)  # no checkpoint or temporary file left
+    report = json.loads((folder / "report.json").read_text())
+    assert report["sizes"]["container"] == (folder / "model.ode").stat().st_size
+    assert report["sizes"]["original"] == onnx_de.zoo_path("mnist-mlp").stat().st_size
+    assert report["sizes"]["ratio"] > 30 and report["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert report["fidelity"]["top1_agreement"] >= 0.97
+    # The reported fidelity is the decoded container's: recompute it from model.ode.
+    decoded = onnx_de.decode(folder / "model.ode")
+    again = onnx_de.evaluate("zoo:mnist-mlp", decoded, "zoo:mnist-mlp")
+    assert again["top1_agreement"] == report["fidelity"]["top1_agreement"]
+    data = onnx_de.load_data("zoo:mnist-mlp", onnx_de.open_model("zoo:mnist-mlp"), limit=32)
+    for a, b in zip(run_unoptimized(onnx.load(str(folder / "model.onnx")), data.inputs),
+                    run_unoptimized(decoded, data.inputs)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert set(report["layers"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert all(layer["bits"] == 4 for layer in report["layers"].values())
+
+
+def test_report_html_is_one_self_contained_page_with_plots(optimized):
+    _, folder = optimized
+    page = (folder / "report.html").read_text()
+    assert page.count("<svg") == 3 and "<script" not in page
+    assert "src=" not in page and "href=" not in page and "url(" not in page  # nothing to fetch
+    assert "fc1.weight" in page and "top1_agreement" in page
+
+
+def test_an_interrupted_run_writes_nothing_and_resumes_to_the_same_container(optimized, tmp_path):
+    result, _ = optimized
+
+    def interrupt(record):
+        if record["generation"] == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, sparsity=0.9, bits=4, progress=interrupt)
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]
+    resumed = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, sparsity=0.9, bits=4, resume=True)
+    assert (tmp_path / "model.ode").read_bytes() == (result.output / "model.ode").read_bytes()
+    assert resumed.fidelity == result.fidelity
+
+
+def test_per_layer_overrides_reach_the_search_and_the_bits(tmp_path):
+    config = OptimizeConfig(sparsity=0.8, bits=3, layers={"fc3.weight": {"sparsity": 0.3, "bits": 6}})
+    result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, config)
+    layers = result.to_dict()["layers"]
+    assert layers["fc3.weight"]["sparsity"] == pytest.approx(0.3, abs=0.01) and layers["fc3.weight"]["bits"] == 6
+    assert layers["fc1.weight"]["sparsity"] == pytest.approx(0.8, abs=0.01) and layers["fc1.weight"]["bits"] == 3
+
+
+def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_samples(tmp_path):
+    result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, budget=0.97, calibration_samples=96)
+    tried = result.to_dict()["budget_search"]
+    kept = [t for t in tried if t["kept"]]
+    assert kept and all(t["held_out_metric"] >= 0.97 for t in kept)
+    assert all(t["held_out_metric"] < 0.97 for t in tried if not t["kept"])
+    best = min(kept, key=lambda t: t["container"])
+    assert (result.sparsified.config["sparsity"], result.quantized.average_bits) == (best["sparsity"], best["bits"])
+    # The chosen setting, rebuilt into the final container, has the size the search measured.
+    assert result.container_bytes == best["container"]
+    levels = sorted({t["sparsity"] for t in tried})
+    failed = [level for level in levels if not any(t["kept"] for t in tried if t["sparsity"] == level)]
+    assert not failed or failed == [levels[-1]]  # the ladder stops at the first level that keeps nothing
