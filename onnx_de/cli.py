@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --bits auto: the lowest primary fidelity metric on the calibration data")
     qz.add_argument("--scheme", choices=SCHEMES, default="codebook", help="levels (default %(default)s)")
     qz.add_argument("--asymmetric", action="store_true", help="uniform: windows fitted to each range")
-    qz.add_argument("--per-tensor", action="store_true", help="uniform: one scale per tensor, not per channel")
+    granularity = qz.add_mutually_exclusive_group()
+    granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", default=None,
+                             help="one scale or codebook per tensor (the default for codebooks)")
+    granularity.add_argument("--per-channel", dest="per_channel", action="store_true",
+                             help="one scale or codebook per output channel (the default for uniform grids)")
     qz.add_argument("--unweighted", action="store_true", help="minimise weight error, not input-weighted error")
     qz.add_argument("--teacher", help="measure fidelity against this model (the original of a sparse student)")
     qz.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
@@ -379,7 +383,7 @@ def _parse_bits(text: str) -> int | str:
 def _quantize(args: argparse.Namespace) -> int:
     selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
     result = quantize(args.model, args.data, bits=args.bits, budget=args.budget, scheme=args.scheme,
-                      symmetric=not args.asymmetric, per_channel=not args.per_tensor, weighted=not args.unweighted,
+                      symmetric=not args.asymmetric, per_channel=args.per_channel, weighted=not args.unweighted,
                       teacher=args.teacher, selection=selection, eval_data=args.eval_data, output=args.output,
                       calibration_samples=args.limit, intra_op_threads=args.threads)
     if args.json:

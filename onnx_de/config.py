@@ -52,6 +52,8 @@ class OptimizeConfig:
         bits: bits per surviving weight (1-8) or ``auto`` (fewest within ``budget``).
         budget: the lowest primary fidelity metric (top-1 agreement, mask IoU, ...) on the calibration data.
         scheme: ``codebook`` or ``uniform`` levels.
+        per_channel: a scale or codebook per output channel (default: per channel for uniform, per tensor for
+            codebooks).
         seed: random seed of the search.
         population, survivors, prior: Directed-Evolution settings (see :class:`~onnx_de.SearchConfig`).
         compensate: refit surviving weights by least squares after the search.
@@ -65,6 +67,7 @@ class OptimizeConfig:
     bits: int | str | None = None
     budget: float | None = None
     scheme: str = "codebook"
+    per_channel: bool | None = None
     seed: int = 0
     population: int = SearchConfig.population
     survivors: int = SearchConfig.survivors

@@ -4,7 +4,7 @@
   (asymmetric windows) feeding ``DequantizeLinear``, per tensor (opset >= 10) or per output channel
   (opset >= 13). Below those opsets the same arithmetic is spelled ``Cast`` / ``Sub`` / ``Mul``.
 - Codebooks: a ``uint8`` (``uint16`` for 8 bits) index initializer, ``Cast`` to int32, and ``Gather`` from a
-  float table whose entry 0 is the exact zero of pruned weights.
+  float table whose entry 0 is the exact zero of pruned weights; per channel, a ``Mul`` by each channel's scale.
 
 The dequantizing node writes the weight's original name, so the consumers are untouched, and it computes
 exactly :meth:`~onnx_de.quantizers.QuantizedTensor.dequantize`.
@@ -65,8 +65,14 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
         index_type = np.uint8 if len(table) <= 256 else np.uint16
         indices, table_name, wide = fresh("indices"), fresh("codebook"), fresh("indices_int32")
         tensors = [numpy_helper.from_array(q.levels.astype(index_type), indices), numpy_helper.from_array(table, table_name)]
-        nodes = [helper.make_node("Cast", [indices], [wide], to=TensorProto.INT32),
-                 helper.make_node("Gather", [table_name, wide], [name], axis=0)]
+        nodes = [helper.make_node("Cast", [indices], [wide], to=TensorProto.INT32)]
+        if q.axis is None:
+            return nodes + [helper.make_node("Gather", [table_name, wide], [name], axis=0)], tensors
+        scale_name, scaled = fresh("scale"), fresh("scaled_levels")
+        tensors.append(numpy_helper.from_array(
+            np.asarray(q.scale, np.float32).reshape(channel_shape(q.levels.ndim, q.axis)), scale_name))
+        nodes += [helper.make_node("Gather", [table_name, wide], [scaled], axis=0),
+                  helper.make_node("Mul", [scaled, scale_name], [name])]
         return nodes, tensors
     per_channel = q.axis is not None
     if q.symmetric:
@@ -106,7 +112,8 @@ def fold_dequantizers(proto: onnx.ModelProto) -> int:
     """Replace, in place, the nodes that dequantize initializers by the float initializers they compute.
 
     Folds, on initializer inputs, what :func:`export_quantized` writes: ``DequantizeLinear`` (per tensor or per
-    axis, no blocks), ``Gather`` from a table, and the ``Cast``/``Sub``/``Mul`` arithmetic of old opsets;
+    axis, no blocks), ``Gather`` from a table (and the ``Mul`` by per-channel scales), and the ``Cast``/``Sub``/
+    ``Mul`` arithmetic of old opsets;
     the values are exactly those ONNX Runtime computes. Initializers no remaining node reads are dropped.
     Returns the number of nodes folded.
     """

@@ -133,7 +133,8 @@ def optimize(
                           selection=config.selection, checkpoint=output / CHECKPOINT, resume=resume,
                           intra_op_threads=config.threads, progress=progress, metric=spec)
         quantized = quantize(sparse.student, calibration, bits=config.bits, budget=config.budget,
-                             scheme=config.scheme, teacher=teacher, selection=config.selection,
+                             scheme=config.scheme, per_channel=config.per_channel, teacher=teacher,
+                             selection=config.selection,
                              intra_op_threads=config.threads, layer_bits=config.layer_bits(), metric=spec)
         tried = []
     seconds["search"] = time.perf_counter() - started
@@ -190,7 +191,8 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                           progress=progress)
         kept_any = False
         for width in widths:
-            quantized = quantize(sparse.student, search, bits=width, scheme=config.scheme, teacher=teacher,
+            quantized = quantize(sparse.student, search, bits=width, scheme=config.scheme,
+                                 per_channel=config.per_channel, teacher=teacher,
                                  selection=config.selection, eval_data=check, intra_op_threads=config.threads,
                                  layer_bits=config.layer_bits(), metric=spec)
             size = len(encode(quantized.student))

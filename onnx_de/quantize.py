@@ -54,7 +54,7 @@ def quantize(
     budget: float | None = None,
     scheme: str = "codebook",
     symmetric: bool = True,
-    per_channel: bool = True,
+    per_channel: bool | None = None,
     weighted: bool = True,
     teacher: str | Path | Model | None = None,
     selection: WeightSelection | None = None,
@@ -74,7 +74,9 @@ def quantize(
         budget: with ``bits="auto"``: the lowest primary fidelity metric on the calibration set allowed.
         scheme: ``codebook`` (Lloyd-Max levels) or ``uniform`` (DequantizeLinear grids).
         symmetric: uniform only: symmetric windows, else windows fitted to each range.
-        per_channel: uniform only: one scale per output channel, else one per tensor.
+        per_channel: one scale (uniform) or one codebook (codebook) per output channel, else one per tensor;
+            default (``None``): per channel for uniform grids, per tensor for codebooks (a table per channel
+            costs its floats in the file, which small models feel).
         weighted: weight the squared error by the energy of each element's input (output error).
         teacher: the model fidelity is measured against (default: ``model``); pass the original model when
             ``model`` is its sparse student.
@@ -96,6 +98,8 @@ def quantize(
         raise ConfigError("automatic bits need a fidelity budget (--budget / budget=, e.g. 0.98)")
     if budget is not None and not 0 < budget <= 1:
         raise ConfigError(f"budget must be in (0, 1], got {budget}")
+    if per_channel is None:
+        per_channel = scheme == "uniform"
     student_in = open_model(model, selection or WeightSelection(), require_prunable=True)
     reference = open_model(teacher) if teacher is not None else None
     if reference is not None:
@@ -140,7 +144,7 @@ def quantize(
     survivors = sum(q.survivors for q in chosen_levels.values())
     layers = {
         name: {"bits": q.bits, "scheme": q.scheme, "survivors": q.survivors, "size": int(q.levels.size),
-               "levels": int(len(q.codebook)) if q.codebook is not None else 2**q.bits}
+               "levels": int(q.codebook.shape[-1]) if q.codebook is not None else 2**q.bits}
         for name, q in chosen_levels.items()
     }
     settings = {"bits": bits, "budget": budget, "symmetric": symmetric, "per_channel": per_channel,

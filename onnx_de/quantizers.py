@@ -9,6 +9,9 @@ survivors alone (``2**bits`` of them), and a survivor never rounds to zero.
   per output channel; the scale is chosen among clipped ranges to minimise the (weighted) squared error.
 - ``codebook``: ``2**bits`` free levels fitted by Lloyd-Max (1-D k-means), optionally weighted per element
   by the energy of the input it multiplies, so that levels minimise output error rather than weight error.
+  Per tensor, or per output channel: one table fitted to values scaled by each channel's largest magnitude,
+  and that scale per channel (channels of very different ranges, as in depthwise convolutions with folded
+  batch norms, each get the table's resolution, for one float per channel).
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ class QuantizedTensor:
         bits: bits per surviving weight.
         levels: integers shaped like the weight, 0 exactly where it is zero. Uniform: ``k`` (value
             ``k * scale``); codebook: ``1 + index`` into ``codebook``.
-        scale: uniform only: one scale (per tensor) or one per output channel.
+        scale: uniform: one scale (per tensor) or one per output channel; codebook per channel: the factor
+            each channel's values of the shared table are multiplied by.
         window_low: uniform only: the lowest ``k`` of the window (per tensor or per channel); ``-window_low``
             is the zero point of an unsigned export.
-        axis: uniform per-channel: the output-channel axis; ``None`` per tensor.
-        codebook: codebook only: the ``2**bits`` (or fewer) levels, float32.
+        axis: per-channel quantization: the output-channel axis; ``None`` per tensor.
+        codebook: codebook only: the ``2**bits`` (or fewer) levels, float32 (per channel: of scaled values).
         symmetric: uniform only: whether the window is symmetric.
     """
 
@@ -57,7 +61,8 @@ class QuantizedTensor:
         """The float32 weight this quantization stands for (what the exported model computes)."""
         if self.scheme == "codebook":
             table = np.concatenate([np.zeros(1, np.float32), self.codebook.astype(np.float32)])
-            return table[self.levels]
+            values = table[self.levels]
+            return values if self.axis is None else values * _broadcast(self.scale, self.levels.ndim, self.axis)
         return self.levels.astype(np.float32) * _broadcast(self.scale.astype(np.float32), self.levels.ndim, self.axis)
 
     @property
@@ -74,7 +79,7 @@ def quantize_tensor(weight: np.ndarray, bits: int, scheme: str = "codebook", *, 
         bits: 1 to 8.
         scheme: ``uniform`` or ``codebook``.
         symmetric: uniform only: symmetric window, else one fitted to the range.
-        axis: uniform only: quantize per output channel along this axis (``None``: per tensor).
+        axis: quantize per output channel along this axis (``None``: per tensor).
         energy: optional per-element weights of the squared error (input energy), shaped like ``weight``.
     """
     if scheme not in SCHEMES:
@@ -84,7 +89,17 @@ def quantize_tensor(weight: np.ndarray, bits: int, scheme: str = "codebook", *, 
     weight = np.asarray(weight, dtype=np.float32)
     importance = np.ones(weight.shape) if energy is None else np.maximum(np.asarray(energy, np.float64), 1e-12)
     if scheme == "codebook":
-        return _codebook(weight, bits, importance)
+        if axis is None:
+            return _codebook(weight, bits, importance)
+        # One table of levels for values scaled to each channel's largest magnitude, and that scale per channel:
+        # every channel gets the table's resolution at its own range, for one float per channel in the file.
+        moved, moved_importance = np.moveaxis(weight, axis, 0), np.moveaxis(importance, axis, 0)
+        scale = np.abs(moved).reshape(len(moved), -1).max(axis=1).astype(np.float32)
+        scale[scale == 0] = 1.0
+        shape = (-1,) + (1,) * (moved.ndim - 1)
+        shared = _codebook(moved / scale.reshape(shape), bits, moved_importance * scale.reshape(shape) ** 2)
+        return QuantizedTensor("codebook", bits, np.moveaxis(shared.levels, 0, axis), scale=scale, axis=axis,
+                               codebook=shared.codebook)
     if axis is None:
         k, scale, low = _uniform(weight.reshape(-1), importance.reshape(-1), bits, symmetric)
         return QuantizedTensor("uniform", bits, k.reshape(weight.shape), np.float32(scale), np.int64(low), None,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# Before onnxruntime is imported anywhere: it writes under $XDG_CACHE_HOME.
-os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="onnx-de-test-cache-"))
+# Before onnxruntime is imported anywhere: it writes under $XDG_CACHE_HOME. A folder made here (it holds the
+# zoo's wheels, ~100 MB) is removed when the run ends.
+if "XDG_CACHE_HOME" not in os.environ:
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="onnx-de-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 

@@ -27,7 +27,7 @@ from helpers import IR_VERSION
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FUZZ_EXAMPLES = int(os.environ.get("ONNX_DE_FUZZ_EXAMPLES", "300"))  # >= 10000 for the slow run
-SETTINGS = [("codebook", {}), ("uniform", {"axis": 0}), ("uniform", {"axis": 0, "symmetric": False}),
+SETTINGS = [("codebook", {}), ("codebook", {"axis": 0}), ("uniform", {"axis": 0}), ("uniform", {"axis": 0, "symmetric": False}),
             ("uniform", {"symmetric": False})]
 
 

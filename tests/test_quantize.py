@@ -20,6 +20,7 @@ from helpers import gemm_model, run
 
 SETTINGS = [
     ("codebook", {}),
+    ("codebook", {"axis": 0}),
     ("uniform", {}),
     ("uniform", {"symmetric": False}),
     ("uniform", {"axis": 0}),
@@ -56,6 +57,17 @@ def test_more_bits_give_smaller_errors(scheme, options):
     weight[rng.random(weight.shape) < 0.8] = 0
     errors = [np.linalg.norm(quantize_tensor(weight, b, scheme, **options).dequantize() - weight) for b in (1, 2, 4, 8)]
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.02 * np.linalg.norm(weight)
+
+
+def test_per_channel_codebooks_follow_channels_of_very_different_ranges():
+    rng = np.random.default_rng(5)
+    weight = (rng.normal(size=(4, 200)) * np.array([[0.01], [1.0], [10.0], [100.0]])).astype(np.float32)
+    errors = {}
+    for axis in (None, 0):
+        values = quantize_tensor(weight, 3, "codebook", axis=axis).dequantize()
+        errors[axis] = np.linalg.norm(values - weight, axis=1) / np.linalg.norm(weight, axis=1)
+    assert errors[0].max() < 0.25  # every channel gets the table's 8 levels at its own range
+    assert errors[None][0] > 1 and errors[None][1] > 1  # one unscaled table leaves the small channels no level
 
 
 def test_energy_weighted_levels_lower_the_weighted_error():
