@@ -15,8 +15,8 @@ from pathlib import Path
 
 from . import __version__
 from .codec import decode, encode, inspect_container
-from .config import OptimizeConfig, load_config
 from .codec.container import is_container
+from .config import OptimizeConfig, load_config
 from .data import Preprocess
 from .errors import OnnxDeError, first_line
 from .fileio import atomic_write_bytes
@@ -102,11 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --bits auto: the lowest primary fidelity metric on the calibration data")
     qz.add_argument("--scheme", choices=SCHEMES, default="codebook", help="levels (default %(default)s)")
     qz.add_argument("--asymmetric", action="store_true", help="uniform: windows fitted to each range")
-    granularity = qz.add_mutually_exclusive_group()
-    granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", default=None,
-                             help="one scale or codebook per tensor (the default for codebooks)")
-    granularity.add_argument("--per-channel", dest="per_channel", action="store_true",
-                             help="one scale or codebook per output channel (the default for uniform grids)")
+    _add_granularity(qz)
     qz.add_argument("--unweighted", action="store_true", help="minimise weight error, not input-weighted error")
     qz.add_argument("--teacher", help="measure fidelity against this model (the original of a sparse student)")
     qz.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
@@ -140,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the lowest primary fidelity metric on the calibration data, e.g. 0.98; alone, it "
                           "searches the sparsity and bits")
     opt.add_argument("--scheme", choices=SCHEMES, help="quantization levels (default codebook)")
+    _add_granularity(opt)
     opt.add_argument("--seed", type=int)
     opt.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     opt.add_argument("--resume", action="store_true", help="continue an interrupted search in OUTPUT")
@@ -159,6 +156,14 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
                        help="never prune matching weights (wins over --include); repeatable")
     group.add_argument("--min-size", type=int, default=WeightSelection.min_size,
                        help="weights with fewer elements stay dense (default %(default)s)")
+
+
+def _add_granularity(parser: argparse.ArgumentParser) -> None:
+    granularity = parser.add_mutually_exclusive_group()
+    granularity.add_argument("--per-tensor", dest="per_channel", action="store_false", default=None,
+                             help="one scale or codebook per tensor (the default for codebooks)")
+    granularity.add_argument("--per-channel", dest="per_channel", action="store_true",
+                             help="one scale or codebook per output channel (the default for uniform grids)")
 
 
 def _add_data(parser: argparse.ArgumentParser, default_split: str) -> None:
@@ -402,7 +407,7 @@ def _optimize(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else None
     per_layer = {k: {"sparsity": v} for mapping in (args.per_layer or []) for k, v in mapping.items()}
     settings = {"sparsity": args.sparsity, "bits": args.bits, "budget": args.budget, "scheme": args.scheme,
-                "seed": args.seed, "threads": args.threads, "calibration_samples": args.limit,
+                "per_channel": args.per_channel, "seed": args.seed, "threads": args.threads, "calibration_samples": args.limit,
                 "layers": per_layer or None}
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})

@@ -14,8 +14,8 @@ from .data import Dataset, load_data
 from .errors import ConfigError
 from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .export import export_quantized
-from .metrics import MetricSpec
 from .fileio import atomic_write_bytes
+from .metrics import MetricSpec
 from .model import Model, WeightSelection, load_model
 from .quantizers import MAX_BITS, SCHEMES, QuantizedTensor, quantize_tensor
 from .scoring import Scorer
@@ -98,6 +98,9 @@ def quantize(
         raise ConfigError("automatic bits need a fidelity budget (--budget / budget=, e.g. 0.98)")
     if budget is not None and not 0 < budget <= 1:
         raise ConfigError(f"budget must be in (0, 1], got {budget}")
+    for pattern, width in (layer_bits or {}).items():
+        if not isinstance(width, int) or not 1 <= width <= MAX_BITS:
+            raise ConfigError(f"layer bits {pattern}={width!r} must be an integer from 1 to {MAX_BITS}")
     if per_channel is None:
         per_channel = scheme == "uniform"
     student_in = open_model(model, selection or WeightSelection(), require_prunable=True)
@@ -116,9 +119,6 @@ def quantize(
         energies = {w.name: input_energy(probe, w.name) for w in weights}
 
     fixed = {w.name: layer_setting(w.name, layer_bits or {}) for w in weights}
-    for pattern, width in (layer_bits or {}).items():
-        if not isinstance(width, int) or not 1 <= width <= MAX_BITS:
-            raise ConfigError(f"layer bits {pattern}={width!r} must be an integer from 1 to {MAX_BITS}")
 
     def quantized(w, width: int) -> QuantizedTensor:
         return quantize_tensor(student_in.initializer(w.name), width, scheme, symmetric=symmetric,
