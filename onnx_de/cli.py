@@ -138,24 +138,31 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--scheme", choices=SCHEMES, help="quantization levels (default codebook)")
     _add_granularity(opt)
     opt.add_argument("--seed", type=int)
+    opt.add_argument("--prior", choices=PRIORS, help=f"candidate draws (default {SearchConfig.prior})")
+    opt.add_argument("--population", type=int, help=f"candidates per generation (default {SearchConfig.population})")
+    opt.add_argument("--survivors", type=int, help=f"candidates kept per generation (default {SearchConfig.survivors})")
+    opt.add_argument("--no-compensate", dest="compensate", action="store_false", default=None,
+                     help="skip the least-squares refit of survivors")
     opt.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     opt.add_argument("--resume", action="store_true", help="continue an interrupted search in OUTPUT")
     opt.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     opt.add_argument("--json", action="store_true", help="print report.json instead of a summary")
+    _add_selection(opt, defaults=False)
 
     demo = commands.add_parser("demo", help="run onnx-de on the bundled mnist-mlp")
     demo.add_argument("-o", "--output", type=Path, default=Path("onnx-de-demo"), help="output folder")
     return parser
 
 
-def _add_selection(parser: argparse.ArgumentParser) -> None:
+def _add_selection(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The weight-selection options; ``defaults=False`` leaves unset ones ``None`` so a config file's stand."""
     group = parser.add_argument_group("weight selection")
-    group.add_argument("--include", action="append", default=[], metavar="NAME|re:PATTERN",
+    group.add_argument("--include", action="append", default=[] if defaults else None, metavar="NAME|re:PATTERN",
                        help="prune only matching weights (overrides --min-size); repeatable")
-    group.add_argument("--exclude", action="append", default=[], metavar="NAME|re:PATTERN",
+    group.add_argument("--exclude", action="append", default=[] if defaults else None, metavar="NAME|re:PATTERN",
                        help="never prune matching weights (wins over --include); repeatable")
-    group.add_argument("--min-size", type=int, default=WeightSelection.min_size,
-                       help="weights with fewer elements stay dense (default %(default)s)")
+    group.add_argument("--min-size", type=int, default=WeightSelection.min_size if defaults else None,
+                       help=f"weights with fewer elements stay dense (default {WeightSelection.min_size})")
 
 
 def _add_granularity(parser: argparse.ArgumentParser) -> None:
@@ -407,8 +414,10 @@ def _optimize(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else None
     per_layer = {k: {"sparsity": v} for mapping in (args.per_layer or []) for k, v in mapping.items()}
     settings = {"sparsity": args.sparsity, "bits": args.bits, "budget": args.budget, "scheme": args.scheme,
-                "per_channel": args.per_channel, "seed": args.seed, "threads": args.threads, "calibration_samples": args.limit,
-                "layers": per_layer or None}
+                "per_channel": args.per_channel, "seed": args.seed, "prior": args.prior,
+                "population": args.population, "survivors": args.survivors, "compensate": args.compensate,
+                "include": args.include or None, "exclude": args.exclude or None, "min_size": args.min_size,
+                "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None}
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})
         settings = {}

@@ -70,10 +70,13 @@ def test_demo_writes_its_outputs(tmp_path):
 def test_optimize_with_a_config_file_and_an_override(tmp_path):
     (tmp_path / "c.toml").write_text("sparsity = 0.8\nbits = 6\n[layers]\n'fc3.weight' = { bits = 8 }\n")
     done = cli("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", str(tmp_path / "out"),
-               "--config", str(tmp_path / "c.toml"), "--bits", "5", "--json")
+               "--config", str(tmp_path / "c.toml"), "--bits", "5", "--exclude", "fc2.weight", "--no-compensate",
+               "--prior", "activation", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["config"]["bits"] == 5 and report["layers"]["fc3.weight"]["bits"] == 8
+    assert "fc2.weight" not in report["layers"] and report["config"]["exclude"] == ["fc2.weight"]
+    assert report["config"]["compensate"] is False and report["config"]["prior"] == "activation"
     assert report["layers"]["fc1.weight"]["bits"] == 5 and report["sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert (tmp_path / "out" / "model.ode").stat().st_size == report["sizes"]["container"]
 
