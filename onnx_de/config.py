@@ -81,6 +81,7 @@ class OptimizeConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.layers = {key: value if isinstance(value, LayerOverride) else _override(key, value)
                        for key, value in self.layers.items()}
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
@@ -101,6 +102,24 @@ class OptimizeConfig:
         if self.prior not in PRIORS:
             raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         self.search()  # validates the search settings
+
+    def _check_types(self) -> None:
+        """Each setting's type, so that a config file's typo is an error naming the key, not a crash later."""
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        checks = {
+            "sparsity": lambda v: v is None or number(v), "budget": lambda v: v is None or number(v),
+            "bits": lambda v: v is None or v == "auto" or _is_int(v), "scheme": lambda v: isinstance(v, str),
+            "per_channel": lambda v: v is None or isinstance(v, bool), "seed": _is_int, "population": _is_int,
+            "survivors": _is_int, "prior": lambda v: isinstance(v, str), "compensate": lambda v: isinstance(v, bool),
+            "layers": lambda v: isinstance(v, dict),
+            "include": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+            "exclude": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+            "min_size": _is_int, "calibration_samples": lambda v: v is None or (_is_int(v) and v > 0),
+            "threads": lambda v: v is None or (_is_int(v) and v > 0),
+        }
+        for key, valid in checks.items():
+            if not valid(getattr(self, key)):
+                raise ConfigError(f"config key {key!r} has a value of the wrong type: {getattr(self, key)!r}")
 
     @property
     def selection(self) -> WeightSelection:
