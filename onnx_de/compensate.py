@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .data import Dataset

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .model import Model
 from .quantizers import QuantizedTensor, channel_shape
 
-__all__ = ["export_quantized", "fold_dequantizers", "fold_values"]
+__all__ = ["export_quantized", "fold_values"]
 
 
 def export_quantized(model: Model, quantized: dict[str, QuantizedTensor]) -> onnx.ModelProto:
@@ -108,33 +108,15 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
     return nodes, tensors
 
 
-def fold_dequantizers(proto: onnx.ModelProto) -> int:
-    """Replace, in place, the nodes that dequantize initializers by the float initializers they compute.
-
-    Folds, on initializer inputs, what :func:`export_quantized` writes: ``DequantizeLinear`` (per tensor or per
-    axis, no blocks), ``Gather`` from a table (and the ``Mul`` by per-channel scales), and the ``Cast``/``Sub``/
-    ``Mul`` arithmetic of old opsets;
-    the values are exactly those ONNX Runtime computes. Initializers no remaining node reads are dropped.
-    Returns the number of nodes folded.
-    """
-    graph = proto.graph
-    stored = {t.name: t for t in graph.initializer}
-    values, unread, count = fold_values(graph, set(stored), lambda name: numpy_helper.to_array(stored[name]))
-    del stored
-    for position in reversed([i for i, t in enumerate(graph.initializer) if t.name in unread]):
-        del graph.initializer[position]
-    for name in list(values):  # one tensor at a time, so the model is never held twice
-        graph.initializer.add().CopyFrom(numpy_helper.from_array(values.pop(name), name))
-    return count
-
-
 def fold_values(graph: onnx.GraphProto, constants: set[str],
                 value_of) -> tuple[dict[str, np.ndarray], set[str], int]:
     """Remove from ``graph`` the dequantizing nodes whose inputs are all ``constants`` (read by ``value_of``).
 
-    Returns the values the removed nodes computed that remaining nodes still read, the names of constants no
-    node reads any more, and how many nodes were removed. The core of :func:`fold_dequantizers`, for callers
-    that hold initializer values outside their protos.
+    Folds what :func:`export_quantized` writes: ``DequantizeLinear`` (per tensor or per axis, no blocks),
+    ``Gather`` from a table (and the ``Mul`` by per-channel scales), and the ``Cast``/``Sub``/``Mul``
+    arithmetic of old opsets; the values are exactly those ONNX Runtime computes. Returns the values the
+    removed nodes computed that remaining nodes still read, the names of constants no node reads any more, and
+    how many nodes were removed; the caller places the values (the decoder keeps them as arrays).
     """
     overridable = {i.name for i in graph.input}  # old IRs list initializers as inputs a caller may feed
     constants = constants - overridable
