@@ -24,7 +24,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, is_int
 from .evolution import PRIORS, SearchConfig
 from .model import DEFAULT_MIN_SIZE, WeightSelection, matches
 from .quantizers import MAX_BITS, SCHEMES
@@ -95,7 +95,7 @@ class OptimizeConfig:
             self.bits = "auto" if self.budget is not None else 4
         if self.bits == "auto" and self.budget is None:
             raise ConfigError("bits = auto needs a fidelity budget")
-        if self.bits != "auto" and (not _is_int(self.bits) or not 1 <= self.bits <= MAX_BITS):
+        if self.bits != "auto" and (not is_int(self.bits) or not 1 <= self.bits <= MAX_BITS):
             raise ConfigError(f"bits must be 'auto' or an integer from 1 to {MAX_BITS}, got {self.bits!r}")
         if self.scheme not in SCHEMES:
             raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
@@ -108,14 +108,14 @@ class OptimizeConfig:
         number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
         checks = {
             "sparsity": lambda v: v is None or number(v), "budget": lambda v: v is None or number(v),
-            "bits": lambda v: v is None or v == "auto" or _is_int(v), "scheme": lambda v: isinstance(v, str),
-            "per_channel": lambda v: v is None or isinstance(v, bool), "seed": _is_int, "population": _is_int,
-            "survivors": _is_int, "prior": lambda v: isinstance(v, str), "compensate": lambda v: isinstance(v, bool),
+            "bits": lambda v: v is None or v == "auto" or is_int(v), "scheme": lambda v: isinstance(v, str),
+            "per_channel": lambda v: v is None or isinstance(v, bool), "seed": is_int, "population": is_int,
+            "survivors": is_int, "prior": lambda v: isinstance(v, str), "compensate": lambda v: isinstance(v, bool),
             "layers": lambda v: isinstance(v, dict),
             "include": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "exclude": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
-            "min_size": _is_int, "calibration_samples": lambda v: v is None or (_is_int(v) and v > 0),
-            "threads": lambda v: v is None or (_is_int(v) and v > 0),
+            "min_size": is_int, "calibration_samples": lambda v: v is None or (is_int(v) and v > 0),
+            "threads": lambda v: v is None or (is_int(v) and v > 0),
         }
         for key, valid in checks.items():
             if not valid(getattr(self, key)):
@@ -209,7 +209,7 @@ def _override(key: str, value) -> LayerOverride:
     sparsity, bits = value.get("sparsity"), value.get("bits")
     if sparsity is not None and (isinstance(sparsity, bool) or not 0 <= sparsity < 1):
         raise ConfigError(f"layers.{key}.sparsity must be in [0, 1), got {sparsity!r}")
-    if bits is not None and (not _is_int(bits) or not 1 <= bits <= MAX_BITS):
+    if bits is not None and (not is_int(bits) or not 1 <= bits <= MAX_BITS):
         raise ConfigError(f"layers.{key}.bits must be an integer from 1 to {MAX_BITS}, got {bits!r}")
     if key.startswith("re:"):
         try:
@@ -217,10 +217,6 @@ def _override(key: str, value) -> LayerOverride:
         except re.error as e:
             raise ConfigError(f"layers.{key}: not a regular expression ({e})") from e
     return LayerOverride(sparsity=sparsity, bits=bits)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _toml():

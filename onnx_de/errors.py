@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["OnnxDeError", "ModelError", "DataError", "ZooError", "ConfigError", "FormatError", "UnsupportedVersionError",
-           "first_line"]
+           "first_line", "is_int"]
 
 
 class OnnxDeError(Exception):
@@ -38,3 +38,8 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of an error's message (its type name when empty), cut to ``limit`` characters."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:limit]
+
+
+def is_int(value) -> bool:
+    """Whether ``value`` (read from a file or a config) is an integer, and not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)

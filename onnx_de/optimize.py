@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import Model, load_model
-from .quantize import QuantizeResult, quantize
+from .quantize import QuantizeResult, quantize, weight_energies
 from .report import render_html
 from .sparsify import SparsifyResult, sparsify
 from .zoo import open_model, zoo_path
@@ -190,11 +190,12 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                           selection=config.selection, intra_op_threads=config.threads, metric=spec,
                           progress=progress)
         kept_any = False
+        energies = weight_energies(sparse.student, search, config.threads)  # shared by every width
         for width in widths:
             quantized = quantize(sparse.student, search, bits=width, scheme=config.scheme,
                                  per_channel=config.per_channel, teacher=teacher,
                                  selection=config.selection, eval_data=check, intra_op_threads=config.threads,
-                                 layer_bits=config.layer_bits(), metric=spec)
+                                 layer_bits=config.layer_bits(), metric=spec, energies=energies)
             size = len(encode(quantized.student))
             metric = quantized.fidelity[quantized.fidelity["primary"]]
             tried.append({"sparsity": level, "bits": width, "container": size, "held_out_metric": metric,

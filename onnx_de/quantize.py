@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 
 from .allocation import search_bits
 from .compensate import LayerProbe, input_energy
@@ -21,7 +22,7 @@ from .quantizers import MAX_BITS, SCHEMES, QuantizedTensor, quantize_tensor
 from .scoring import Scorer
 from .zoo import open_model
 
-__all__ = ["QuantizeResult", "quantize"]
+__all__ = ["QuantizeResult", "quantize", "weight_energies"]
 
 
 @dataclass
@@ -64,6 +65,7 @@ def quantize(
     intra_op_threads: int | None = None,
     layer_bits: dict[str, int] | None = None,
     metric: str | MetricSpec | None = None,
+    energies: dict[str, np.ndarray] | None = None,
 ) -> QuantizeResult:
     """Quantize the non-zero prunable weights of ``model`` and export a model with quantized initializers.
 
@@ -88,6 +90,8 @@ def quantize(
         layer_bits: fixed bits for the layers an exact name or ``re:PATTERN`` names (exact names first, then
             the first matching pattern); ``bits`` applies to the others (with ``auto``, they are searched).
         metric: the fidelity metric (default: the zoo entry's for ``zoo:NAME`` data, else from the outputs).
+        energies: with ``weighted``, the input energies of :func:`weight_energies` for this model and data, when
+            several quantizations of one model share them (computing them is most of a fixed-bits run).
     """
     started = time.perf_counter()
     if scheme not in SCHEMES:
@@ -110,13 +114,13 @@ def quantize(
     calibration = load_data(data, student_in, split="calibration", limit=calibration_samples)
     spec = resolve_metric(metric, student_in, data, model)
     evaluation = evaluation_data(eval_data, data, student_in)
-    weights = [w for w in student_in.prunable if w.dtype == "float32"]
-    if not weights:
-        raise ConfigError(f"{student_in.source}: no float32 weight to quantize")
-    energies = {w.name: None for w in weights}
-    if weighted:
-        probe = LayerProbe(student_in, weights, calibration, intra_op_threads=intra_op_threads)
-        energies = {w.name: input_energy(probe, w.name) for w in weights}
+    weights = _quantizable(student_in)
+    if not weighted:
+        energies = {w.name: None for w in weights}
+    elif energies is None:
+        energies = weight_energies(student_in, calibration, intra_op_threads)
+    elif set(energies) < {w.name for w in weights}:
+        raise ConfigError(f"energies given for {sorted(energies)}, not for every weight to quantize")
 
     fixed = {w.name: layer_setting(w.name, layer_bits or {}) for w in weights}
 
@@ -155,3 +159,17 @@ def quantize(
         calibration_metric=calibration_metric, fidelity=fidelity, seconds=time.perf_counter() - started,
         settings=settings,
     )
+
+
+def weight_energies(model: Model, calibration: Dataset, intra_op_threads: int | None = None) -> dict[str, np.ndarray]:
+    """Per quantizable weight, the energy of the input each element multiplies (the error weights of levels)."""
+    weights = _quantizable(model)
+    probe = LayerProbe(model, weights, calibration, intra_op_threads=intra_op_threads)
+    return {w.name: input_energy(probe, w.name) for w in weights}
+
+
+def _quantizable(model: Model) -> list:
+    weights = [w for w in model.prunable if w.dtype == "float32"]
+    if not weights:
+        raise ConfigError(f"{model.source}: no float32 weight to quantize")
+    return weights

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["SCHEMES", "QuantizedTensor", "quantize_tensor", "channel_shape"]
+__all__ = ["SCHEMES", "QuantizedTensor", "quantize_tensor", "channel_shape", "broadcast_channels"]
 
 SCHEMES = ("uniform", "codebook")
 MAX_BITS = 8
@@ -62,8 +62,11 @@ class QuantizedTensor:
         if self.scheme == "codebook":
             table = np.concatenate([np.zeros(1, np.float32), self.codebook.astype(np.float32)])
             values = table[self.levels]
-            return values if self.axis is None else values * _broadcast(self.scale, self.levels.ndim, self.axis)
-        return self.levels.astype(np.float32) * _broadcast(self.scale.astype(np.float32), self.levels.ndim, self.axis)
+            if self.axis is None:
+                return values
+            return values * broadcast_channels(self.scale, self.levels.ndim, self.axis)
+        scale = broadcast_channels(self.scale.astype(np.float32), self.levels.ndim, self.axis)
+        return self.levels.astype(np.float32) * scale
 
     @property
     def survivors(self) -> int:
@@ -195,6 +198,6 @@ def channel_shape(ndim: int, axis: int) -> list[int]:
     return shape
 
 
-def _broadcast(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+def broadcast_channels(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
     """Per-channel ``values`` shaped to broadcast along ``axis`` (unchanged per tensor)."""
     return values if axis is None else values.reshape(channel_shape(ndim, axis))

@@ -15,9 +15,9 @@ from .compensate import LayerProbe, compensate as compensate_layers, saliency as
 from .data import Dataset, load_data
 from .errors import ConfigError
 from .evaluate import evaluate, evaluation_data, resolve_metric
-from .metrics import MetricSpec
 from .evolution import SearchConfig, evolve, layer_targets
 from .fileio import atomic_write_bytes
+from .metrics import MetricSpec
 from .model import Model, WeightSelection
 from .parallel import ScorerPool
 from .scoring import Scorer

@@ -19,11 +19,11 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from ..errors import FormatError
+from ..errors import FormatError, is_int
 from ..export import fold_values
 from . import frames, rans
 from .container import is_container, read_sections
-from .records import DTYPES, bit_view, check_record, decode_record, is_int, record_streams
+from .records import DTYPES, bit_view, check_record, decode_record, record_streams
 
 __all__ = ["DEFAULT_MAX_BYTES", "decode", "decode_arrays", "inspect_container", "read_container", "Container"]
 

@@ -15,11 +15,11 @@ import json
 import numpy as np
 from onnx import TensorProto
 
-from ..errors import FormatError
+from ..errors import FormatError, is_int
+from ..quantizers import broadcast_channels
 from . import frames, masks, rans
 
-__all__ = ["DTYPES", "MAX_LEVELS", "encode_record", "decode_record", "check_record", "record_streams", "bit_view",
-           "is_int"]
+__all__ = ["DTYPES", "MAX_LEVELS", "encode_record", "decode_record", "check_record", "record_streams", "bit_view"]
 
 # ONNX element types a record can hold, with their little-endian numpy types.
 DTYPES: dict[int, np.dtype] = {
@@ -59,7 +59,7 @@ def encode_record(array: np.ndarray, fill: np.ndarray | None = None, axis: int |
         fill, axis = np.zeros(1, array.dtype), None
     fill_bits = bit_view(np.ascontiguousarray(fill, dtype=array.dtype)).reshape(-1)
     candidates = []
-    mask = bits != fill_bits.reshape(_fill_shape(array.ndim, axis))
+    mask = bits != broadcast_channels(fill_bits, array.ndim, axis)
     masked_out = mask.size - int(np.count_nonzero(mask))
     for use_mask in (False, True):
         if use_mask and (masked_out < _MASK_WORTH_TRYING * mask.size or array.size == 0):
@@ -87,7 +87,7 @@ def decode_record(record: dict, streams: dict[str, memoryview], shape: tuple[int
     fill = _array(streams["fill"], dtype, 1 if axis is None else shape[axis], "fill")
     mask = masks.decode_mask(record["mask"], streams, shape)
     out = np.empty(shape, dtype=dtype)
-    out[...] = fill.reshape(_fill_shape(len(shape), axis))
+    out[...] = broadcast_channels(fill, len(shape), axis)
     out[mask] = _decode_values(record["values"], streams, int(np.count_nonzero(mask)), dtype)
     return out, mask
 
@@ -180,17 +180,9 @@ def bit_view(array: np.ndarray) -> np.ndarray:
     return array.view(f"<u{array.dtype.itemsize}" if array.dtype.itemsize > 1 else np.uint8)
 
 
-def _fill_shape(rank: int, axis: int | None) -> tuple[int, ...]:
-    return tuple(-1 if d == axis else 1 for d in range(rank)) if axis is not None else (1,) * rank
-
-
 def _cost(candidate: tuple[dict, dict]) -> int:
     record, streams = candidate
     return sum(len(s) for s in streams.values()) + len(json.dumps(record))
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _expect(condition: bool, message: str) -> None:
