@@ -17,7 +17,7 @@ from . import __version__
 from .codec import decode, encode, inspect_container
 from .codec.container import is_container
 from .config import OptimizeConfig, load_config
-from .data import Preprocess
+from .data import Preprocess, load_data
 from .errors import OnnxDeError, first_line
 from .fileio import atomic_write_bytes
 from .evaluate import evaluate
@@ -27,7 +27,7 @@ from .evolution import PRIORS, SearchConfig
 from .optimize import optimize
 from .quantize import quantize
 from .quantizers import SCHEMES
-from .sparsify import METHODS, sparsify
+from .sparsify import MASK_CANDIDATES, METHODS, sparsify
 from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
 
 __all__ = ["main", "build_parser", "format_container", "format_inspection", "format_fidelity"]
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1,
                     help="score candidates on this many Scorer replicas in parallel threads (default %(default)s)")
     sp.add_argument("--no-compensate", action="store_true", help="skip the least-squares refit of survivors")
+    sp.add_argument("--mask-candidates", type=_mask_candidates, default=tuple(MASK_CANDIDATES), metavar="LIST",
+                    help="DE + compensation: also refit each layer from these masks at DE's per-layer sparsity and "
+                         "keep the best (comma-separated among %s; 'none' for DE's own; default all)"
+                         % ", ".join(MASK_CANDIDATES))
     sp.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     sp.add_argument("--checkpoint", type=Path,
                     help="search state file, removed on success (default: OUTPUT.checkpoint.npz)")
@@ -358,16 +362,38 @@ def _parse_per_layer(text: str) -> dict[str, float]:
     return targets
 
 
+def _mask_candidates(text: str) -> tuple[str, ...]:
+    labels = () if text.strip() == "none" else tuple(filter(None, (part.strip() for part in text.split(","))))
+    unknown = [label for label in labels if label not in MASK_CANDIDATES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown mask candidate {unknown[0]!r} (choose among "
+                                         f"{', '.join(MASK_CANDIDATES)}, or none)")
+    return labels
+
+
+def _datasets(args: argparse.Namespace, default_split: str = "calibration"):
+    """``--data`` and ``--eval-data`` as given (zoo: splits and defaults are resolved by the API), or loaded
+    here when ``--preprocess`` or another ``--split`` applies to them."""
+    if args.preprocess is None and args.split == default_split:
+        return args.data, args.eval_data
+    model = open_model(args.model)
+    data = load_data(args.data, model, split=args.split, preprocess=args.preprocess)
+    if args.eval_data is None:
+        return data, None
+    return data, load_data(args.eval_data, model, split="evaluation", preprocess=args.preprocess)
+
+
 def _sparsify(args: argparse.Namespace) -> int:
     per_layer = {k: v for mapping in (args.per_layer or []) for k, v in mapping.items()}
     config = SearchConfig(sparsity=args.sparsity, per_layer=per_layer, population=args.population,
                           survivors=args.survivors, prior=args.prior, seed=args.seed, budget=args.budget)
     selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
     checkpoint = args.checkpoint or args.output.with_name(args.output.name + ".checkpoint.npz")
-    result = sparsify(args.model, args.data, config=config, method=args.method, compensate=not args.no_compensate,
-                      selection=selection, eval_data=args.eval_data, output=args.output, checkpoint=checkpoint,
+    data, eval_data = _datasets(args)
+    result = sparsify(args.model, data, config=config, method=args.method, compensate=not args.no_compensate,
+                      selection=selection, eval_data=eval_data, output=args.output, checkpoint=checkpoint,
                       resume=args.resume, calibration_samples=args.limit, intra_op_threads=args.threads,
-                      workers=args.workers,
+                      workers=args.workers, mask_candidates=args.mask_candidates,
                       progress=_progress_line if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         print(file=sys.stderr)
@@ -394,9 +420,10 @@ def _parse_bits(text: str) -> int | str:
 
 def _quantize(args: argparse.Namespace) -> int:
     selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
-    result = quantize(args.model, args.data, bits=args.bits, budget=args.budget, scheme=args.scheme,
+    data, eval_data = _datasets(args)
+    result = quantize(args.model, data, bits=args.bits, budget=args.budget, scheme=args.scheme,
                       symmetric=not args.asymmetric, per_channel=args.per_channel, weighted=not args.unweighted,
-                      teacher=args.teacher, selection=selection, eval_data=args.eval_data, output=args.output,
+                      teacher=args.teacher, selection=selection, eval_data=eval_data, output=args.output,
                       calibration_samples=args.limit, intra_op_threads=args.threads)
     if args.json:
         _print_json(result.to_dict())
@@ -421,7 +448,8 @@ def _optimize(args: argparse.Namespace) -> int:
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})
         settings = {}
-    result = optimize(args.model, args.data, args.output, config, eval_data=args.eval_data, resume=args.resume,
+    data, eval_data = _datasets(args)
+    result = optimize(args.model, data, args.output, config, eval_data=eval_data, resume=args.resume,
                       progress=_progress_line if sys.stderr.isatty() else None, **settings)
     if sys.stderr.isatty():
         print(file=sys.stderr)

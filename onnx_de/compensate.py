@@ -6,7 +6,8 @@ pre-activation on the student's own inputs matches the teacher's pre-activation 
 captured from the already-refit student, so errors do not accumulate. Zeroed weights stay exactly zero; a
 channel with fewer than ``ROWS_PER_UNKNOWN`` regression rows per surviving weight is left as it is (with 64
 calibration images, a 1280-input classifier would otherwise be fit to noise), and a layer whose refit does not
-lower the Scorer's divergence is put back as it was.
+lower the Scorer's divergence is put back as it was. Given alternative masks with the same zeros per layer, the
+refit is tried from each and the Scorer keeps the best, so the mask and the refit are chosen together.
 """
 
 from __future__ import annotations
@@ -178,43 +179,91 @@ def _sample_rows(x: np.ndarray, layer: _Layer, seed: int) -> np.ndarray | None:
     return np.random.default_rng(seed).integers(0, np.iinfo(np.int64).max, MAX_ROWS)
 
 
-def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float = 1e-3) -> dict[str, bool]:
-    """Refit every layer's surviving weights in graph order; returns which layers were kept refit."""
-    kept = {}
+def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float = 1e-3,
+               alternatives: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, str | None]:
+    """Refit every layer's surviving weights in graph order, keeping a refit only where it lowers the divergence.
+
+    With ``alternatives`` (label -> masks with the same zeros per layer, e.g. the magnitude order at the search's
+    allocation), each layer's refit is tried from every candidate mask as well, and the candidate the Scorer
+    judges best is kept: ``masks`` and the scorer's weights are updated in place. Layer by layer choices are
+    greedy, so the pass with alternatives is kept only where its final divergence beats the pass without.
+    Returns, per layer, the label of the mask kept refit (``search`` for ``masks``' own), or ``None`` where
+    no refit helped.
+    """
+    if not alternatives:
+        return _compensate_pass(scorer, probe, masks, ridge, {})
+    start = ({n: w.copy() for n, w in scorer.weights.items()}, {n: m.copy() for n, m in masks.items()})
+    plain = _compensate_pass(scorer, probe, masks, ridge, {})
+    reference = (scorer.divergence(), {n: w.copy() for n, w in scorer.weights.items()},
+                 {n: m.copy() for n, m in masks.items()})
+    for name in scorer.weights:
+        scorer.weights[name][...] = start[0][name]
+        masks[name][...] = start[1][name]
+    mixed = _compensate_pass(scorer, probe, masks, ridge, alternatives)
+    if scorer.divergence() < reference[0]:
+        return mixed
+    log.info("the mask alternatives did not lower the final divergence: kept the search's masks")
+    for name in scorer.weights:
+        scorer.weights[name][...] = reference[1][name]
+        masks[name][...] = reference[2][name]
+    return plain
+
+
+def _compensate_pass(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float,
+                     alternatives: dict[str, dict[str, np.ndarray]]) -> dict[str, str | None]:
+    kept: dict[str, str | None] = {}
     for name, layer in sorted(probe.layers.items(), key=lambda item: item[1].order):
         if not _supported(layer) or masks[name].all():
-            kept[name] = False
+            kept[name] = None
             continue
-        before = scorer.divergence()
-        original = scorer.weights[name].copy()
+        best = (scorer.divergence(), scorer.weights[name].copy(), masks[name].copy(), None)
         x_t = probe.capture(name)
         x_s = probe.capture(name, scorer.weights)
+        system = _RefitSystem(layer, x_t, x_s, probe.teacher[name], ridge)
+        candidates = [("search", masks[name])] + [(label, alt[name]) for label, alt in alternatives.items()]
+        for label, mask in candidates:
+            current = np.where(mask, probe.teacher[name], 0).astype(best[1].dtype) if label != "search" else best[1]
+            scorer.weights[name][...] = system.solve(mask, current)
+            score = scorer.divergence()
+            if score < best[0]:
+                best = (score, scorer.weights[name].copy(), mask.copy(), label)
+        scorer.weights[name][...] = best[1]
+        masks[name][...] = best[2]
+        kept[name] = best[3]
+        log.info("compensated %s: %s", name, f"refit from the {best[3]} mask" if best[3] else "reverted (no gain)")
+    return kept
+
+
+class _RefitSystem:
+    """One layer's ridge regression (student inputs against the teacher's pre-activations), solved per mask."""
+
+    def __init__(self, layer: _Layer, x_t: np.ndarray, x_s: np.ndarray, teacher: np.ndarray, ridge: float) -> None:
+        self.layer, self.shape = layer, teacher.shape
         rows = _sample_rows(x_t, layer, 1)
-        teacher_rows = _rows_matrix(layer, probe.teacher[name]).astype(np.float64)
-        mask_rows = _rows_matrix(layer, masks[name])
-        current_rows = _rows_matrix(layer, original).astype(np.float64)
-        refit = np.zeros_like(teacher_rows)
+        self.teacher_rows = _rows_matrix(layer, teacher).astype(np.float64)
+        self.groups = []
         for (a_t, channels), (a_s, _) in zip(_design(layer, x_t, rows), _design(layer, x_s, rows)):
             a_s64 = a_s.astype(np.float64)
             gram = a_s64.T @ a_s64
-            cross = a_s64.T @ a_t.astype(np.float64)
             damping = ridge * max(float(np.trace(gram)) / len(gram), 1e-12)
-            for channel in range(*channels.indices(len(teacher_rows))):
+            self.groups.append((gram, a_s64.T @ a_t.astype(np.float64), damping, channels, len(a_s)))
+
+    def solve(self, mask: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """The refit weight for ``mask`` (zeros where it is False); channels with too few rows keep ``current``."""
+        mask_rows = _rows_matrix(self.layer, mask)
+        current_rows = _rows_matrix(self.layer, current).astype(np.float64)
+        refit = np.zeros_like(self.teacher_rows)
+        for gram, cross, damping, channels, count in self.groups:
+            for channel in range(*channels.indices(len(self.teacher_rows))):
                 support = np.flatnonzero(mask_rows[channel])
-                if len(a_s) < ROWS_PER_UNKNOWN * len(support):  # too few rows: the refit would fit noise
+                if count < ROWS_PER_UNKNOWN * len(support):  # too few rows: the refit would fit noise
                     refit[channel] = current_rows[channel]
                     continue
                 if not len(support):
                     continue
-                rhs = cross[support] @ teacher_rows[channel]
-                system = gram[np.ix_(support, support)] + damping * np.eye(len(support))
-                refit[channel, support] = np.linalg.solve(system, rhs)
-        scorer.weights[name][...] = _from_rows(layer, refit, original.shape).astype(original.dtype)
-        scorer.weights[name][~masks[name]] = 0
-        if scorer.divergence() < before:
-            kept[name] = True
-        else:
-            scorer.weights[name][...] = original
-            kept[name] = False
-        log.info("compensated %s: %s", name, "kept" if kept[name] else "reverted (no gain)")
-    return kept
+                rhs = cross[support] @ self.teacher_rows[channel]
+                matrix = gram[np.ix_(support, support)] + damping * np.eye(len(support))
+                refit[channel, support] = np.linalg.solve(matrix, rhs)
+        weight = _from_rows(self.layer, refit, self.shape).astype(current.dtype)
+        weight[~mask] = 0
+        return weight

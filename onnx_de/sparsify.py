@@ -28,6 +28,7 @@ __all__ = ["METHODS", "SparsifyResult", "sparsify", "student_model"]
 log = logging.getLogger(__name__)
 
 METHODS = ("de", "magnitude", "wanda")
+MASK_CANDIDATES = {"magnitude": "magnitude", "wanda": "activation"}  # label -> the prior that orders the weights
 
 
 @dataclass
@@ -42,7 +43,7 @@ class SparsifyResult:
     sparsity: float
     divergence: float
     trajectory: list[dict] = field(default_factory=list)
-    compensated: dict[str, bool] = field(default_factory=dict)
+    compensated: dict[str, str | None] = field(default_factory=dict)
     fidelity: dict | None = None
     seconds: float = 0.0
     stopped: str | None = None
@@ -83,6 +84,7 @@ def sparsify(
     workers: int = 1,
     progress=None,
     metric: str | MetricSpec | None = None,
+    mask_candidates: tuple[str, ...] = tuple(MASK_CANDIDATES),
 ) -> SparsifyResult:
     """Zero a fraction of ``model``'s prunable weights while keeping its outputs close to the original's.
 
@@ -93,6 +95,9 @@ def sparsify(
         method: ``de`` (Directed Evolution), or the baselines ``magnitude`` and ``wanda`` (|w| x ||x||),
             each pruning to the same targets.
         compensate: refit surviving weights by least squares afterwards (kept per layer only where it helps).
+        mask_candidates: with DE and compensation, each layer's refit also starts from these masks at the
+            search's per-layer sparsity (``magnitude``, ``wanda``), and the Scorer keeps the best per layer:
+            the search chooses how many weights each layer loses, the final selection which ones.
         selection: which weights are prunable.
         eval_data: data for the reported fidelity (``zoo:NAME`` uses its evaluation split; default: the
             evaluation split of ``data`` when it is ``zoo:NAME``). Never used by the search.
@@ -112,6 +117,9 @@ def sparsify(
     """
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    unknown = set(mask_candidates) - set(MASK_CANDIDATES)
+    if unknown:
+        raise ConfigError(f"mask candidates must be among {', '.join(MASK_CANDIDATES)}, got {', '.join(unknown)}")
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     config = config or SearchConfig()
@@ -138,7 +146,12 @@ def sparsify(
         masks = prune_by_saliency(importance, config)
         for name, mask in masks.items():
             scorer.weights[name][~mask] = 0
-    compensated = compensate_layers(scorer, probe, masks) if compensate else {}
+    alternatives = None
+    if method == "de" and compensate and mask_candidates:
+        counts = {name: int(mask.size - np.count_nonzero(mask)) for name, mask in masks.items()}
+        alternatives = {label: lowest(layer_saliency(probe, MASK_CANDIDATES[label]), counts)
+                        for label in mask_candidates}
+    compensated = compensate_layers(scorer, probe, masks, alternatives=alternatives) if compensate else {}
     student = student_model(teacher, scorer.weights)
     if output is not None:
         atomic_write_bytes(output, student.serialized())
@@ -181,10 +194,15 @@ def prune_by_saliency(importance: dict[str, np.ndarray], config: SearchConfig) -
         rank[by_layer] = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
         chosen = owner[rank < caps[owner]][:goal]
         targets = dict(zip(names, np.bincount(chosen, minlength=len(names)).tolist()))
+    return lowest(importance, targets)
+
+
+def lowest(importance: dict[str, np.ndarray], counts: dict[str, int]) -> dict[str, np.ndarray]:
+    """Masks (True = kept) that zero each layer's ``counts[name]`` least important weights."""
     masks = {}
     for name, value in importance.items():
         order = np.argsort(value.reshape(-1), kind="stable")
         mask = np.ones(value.size, dtype=bool)
-        mask[order[: targets[name]]] = False
+        mask[order[: counts[name]]] = False
         masks[name] = mask.reshape(value.shape)
     return masks

@@ -92,6 +92,28 @@ def test_quantize_writes_a_model_with_integer_weights(tmp_path):
     assert stored["fc1.weight.quantized"] == onnx.TensorProto.INT8 and "fc1.weight" not in stored
 
 
+def test_sparsify_reads_image_folders_with_the_preprocessing_given(tmp_path):
+    from PIL import Image
+
+    digits = onnx_de.load_data("zoo:mnist-lenet5", onnx_de.open_model("zoo:mnist-lenet5"), split="evaluation")
+    for split, rows in (("calib", range(0, 24)), ("eval", range(24, 40))):
+        (tmp_path / split).mkdir()
+        for i in rows:  # real digits written as 8-bit grey PNGs
+            pixels = np.round(digits.inputs["input"][i, 0] * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / split / f"{i:03d}.png")
+    output = tmp_path / "s.onnx"
+    done = cli("sparsify", "zoo:mnist-lenet5", "--data", str(tmp_path / "calib"), "--eval-data",
+               str(tmp_path / "eval"), "--preprocess", "size=28x28,color=gray,scale=255", "--sparsity", "0.5",
+               "--method", "magnitude", "--no-compensate", "-o", str(output), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["fidelity"]["samples"] == 16 and result["fidelity"]["top1_agreement"] >= 0.9
+    assert output.exists()
+    done = cli("sparsify", "zoo:mnist-lenet5", "--data", str(tmp_path / "calib"), "--sparsity", "0.5",
+               "-o", str(tmp_path / "t.onnx"))
+    assert_one_line_error(done, "needs a preprocessing spec")
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")

@@ -146,3 +146,15 @@ def test_a_pool_of_scorer_replicas_scores_like_one_scorer(lenet):
     one.commit(names[0], np.arange(100))
     assert pool.refresh({names[1]}) == pytest.approx(one.refresh({names[1]}), rel=1e-4)
     assert all((replica.weights[names[0]].reshape(-1)[:100] == 0).all() for replica in pool.replicas)
+
+
+def test_final_mask_candidates_never_lose_to_the_search_masks_on_calibration(mlp90):
+    with_candidates, _ = mlp90
+    plain = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9), mask_candidates=(),
+                     eval_data=None)
+    assert with_candidates.divergence <= plain.divergence  # the pass with alternatives is kept only if better
+    assert with_candidates.layers == plain.layers  # the search's allocation is kept: same zeros per layer
+    assert set(with_candidates.compensated.values()) <= {"search", "magnitude", "wanda", None}
+    assert set(plain.compensated.values()) <= {"search", None}
+    with pytest.raises(ConfigError, match="mask candidates"):
+        sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", mask_candidates=("random",))

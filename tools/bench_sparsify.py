@@ -27,7 +27,7 @@ from onnx_de.evolution import SearchConfig  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 
 
-def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None):
+def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None, de_only: bool = False):
     """Yield one table row per method and setting, as each finishes."""
     zoo = f"zoo:{name}"
     de = {}
@@ -41,6 +41,8 @@ def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int |
                 result.seconds += de[False].seconds
             de[compensate] = result
             yield _row(name, sparsity, "DE (global)", compensate, result)
+    if de_only:
+        return
     allocation = {layer: info["sparsity"] for layer, info in de[False].layers.items()}
     for method in ("magnitude", "wanda"):
         for compensate in (False, True):
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="calibration samples (default: the zoo's whole split)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--de-only", action="store_true", help="only the DE rows (the baselines do not change)")
     args = parser.parse_args()
     print(f"onnx-de {onnx_de.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
@@ -73,7 +76,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for target in args.targets:
         name, _, sparsity = target.partition(":")
-        for row in run(name, float(sparsity), args.seed, args.limit, args.threads):
+        for row in run(name, float(sparsity), args.seed, args.limit, args.threads, args.de_only):
             print(row, flush=True)
 
 
