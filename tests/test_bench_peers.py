@@ -1,0 +1,59 @@
+"""The peer benchmark's own pieces (tools/bench_peers.py): the graph rewrite it hands ONNX Runtime's 4-bit
+quantizer, its magnitude-pruning baseline, and the rule that picks each method's setting on calibration."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+import onnx_de
+
+from helpers import run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import bench_peers  # noqa: E402
+
+
+def test_gemm_as_matmul_keeps_the_outputs_of_a_real_model():
+    teacher = onnx_de.open_model("zoo:mnist-mlp")
+    rewritten = bench_peers.gemm_as_matmul(teacher.proto)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert [n.op_type for n in rewritten.graph.node].count("Gemm") == 0
+    assert [n.op_type for n in rewritten.graph.node].count("MatMul") == 3
+    digits = onnx_de.load_data("zoo:mnist-mlp", teacher, split="evaluation").take(32).inputs
+    expected, actual = run(teacher.proto, digits)[0], run(rewritten, digits)[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    assert [n.op_type for n in teacher.proto.graph.node].count("Gemm") == 3  # the input is left as it was
+
+
+def test_magnitude_pruning_is_global_and_touches_only_the_named_weights():
+    teacher = onnx_de.open_model("zoo:mnist-lenet5")
+    names = [w.name for w in teacher.prunable]
+    pruned = bench_peers.magnitude_pruned(teacher.proto, names, 0.8)
+    before = {t.name: numpy_helper.to_array(t) for t in teacher.proto.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    zeros = sum(int((after[n] == 0).sum()) for n in names)
+    assert abs(zeros / sum(after[n].size for n in names) - 0.8) < 1e-3
+    kept = np.concatenate([np.abs(after[n][after[n] != 0]) for n in names])
+    dropped = np.concatenate([np.abs(before[n][after[n] == 0]) for n in names])
+    assert kept.min() >= dropped.max()  # one threshold over all layers
+    for name in set(before) - set(names):
+        np.testing.assert_array_equal(after[name], before[name])
+    for name in names:  # survivors keep their exact values
+        np.testing.assert_array_equal(after[name][after[name] != 0], before[name][after[name] != 0])
+
+
+def test_settings_are_chosen_on_calibration_and_the_front_is_monotone():
+    point = lambda name, size, cal, ev: bench_peers.Point("m", name, size, size, cal, ev, 0.0, 0.0)  # noqa: E731
+    points = [point("a", 100, 0.999, 0.990), point("b", 50, 0.995, 0.970), point("c", 20, 0.980, 0.995),
+              point("d", 70, 0.990, 0.985)]
+    assert bench_peers.chosen(points, 0.99).setting == "b"  # smallest passing on calibration, not evaluation
+    assert bench_peers.chosen(points, 0.9999) is None
+    front = bench_peers.frontier(points)
+    assert [p.setting for p in front] == ["c"]  # c is smallest and best on evaluation: it dominates the rest
+    front = bench_peers.frontier(points + [point("e", 200, 1.0, 1.0)])
+    assert [p.setting for p in front] == ["c", "e"]
