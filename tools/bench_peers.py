@@ -8,8 +8,8 @@ are *chosen on the calibration split* (the smallest artifact whose calibration m
 Methods (all start from the same fp32 model, Constant-node weights folded into initializers, as onnx-de does;
 ratios are to the zoo's fp32 ``.onnx`` file):
 
-- ``onnx-de``: DE sparsity (with compensation) x bits x scheme (codebook or uniform levels), the ``.ode``
-  container (sparsity 0: quantization only).
+- ``onnx-de``: DE sparsity (with compensation) x bits x scheme (codebook or uniform levels, per tensor or per
+  channel), the ``.ode`` container (sparsity 0: quantization only).
 - ``zstd-19``, ``zipnn``: lossless compression of the fp32 file.
 - ``ort-dynamic``: ONNX Runtime ``quantize_dynamic`` int8 weights, per tensor / per channel.
 - ``ort-static-qdq``: ``quantize_static`` (QDQ, int8 weights and activations, calibrated on the calibration split).
@@ -77,6 +77,9 @@ PRUNED_QP = (-32, -28, -24, -20, -16)
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
 METHODS = ("onnx-de", "zstd-19", "zipnn", "ort-dynamic", "ort-static-qdq", "ort-matmulnbits",
            *(f"{p}+int8+zstd" for p in PRUNERS), "nncodec", *(f"{p}+nncodec" for p in PRUNERS))
+STEP_METHODS = {"lossless": {"zstd-19", "zipnn"}, "ort": {"ort-dynamic", "ort-static-qdq", "ort-matmulnbits"},
+                "pruned+int8": {f"{p}+int8+zstd" for p in PRUNERS},
+                "nncodec": {"nncodec", *(f"{p}+nncodec" for p in PRUNERS)}}  # the methods each step runs
 
 
 @dataclass
@@ -192,16 +195,18 @@ def run_onnx_de(case: Case, sparsities, widths, schemes) -> None:
             student = case.teacher
         searched = time.perf_counter() - started
         energies = weight_energies(student, calibration, case.threads)
-        for scheme, width in ((scheme, width) for scheme in schemes for width in widths):
+        for label, width in ((label, width) for label in schemes for width in widths):
+            scheme, _, granularity = label.partition("-")  # codebook, uniform; -channel or -tensor
             started = time.perf_counter()
             result = quantize(student, calibration, bits=width, scheme=scheme, teacher=case.teacher,
+                              per_channel={"": None, "channel": True, "tensor": False}[granularity],
                               metric=case.spec, intra_op_threads=case.threads, energies=energies)
             container = onnx_de.encode(result.student)
             encode_s = searched + time.perf_counter() - started
             started = time.perf_counter()
             decoded = onnx_de.decode(container)
             decode_s = time.perf_counter() - started
-            case.judge("onnx-de", f"s={level:g} {scheme} b={width}", container, decoded, encode_s, decode_s)
+            case.judge("onnx-de", f"s={level:g} {label} b={width}", container, decoded, encode_s, decode_s)
 
 
 # ---------------------------------------------------------------- lossless
@@ -248,12 +253,11 @@ def run_ort(case: Case, methods, folder: Path) -> None:
         try:
             with _quiet():
                 make()
-        except Exception as e:  # a peer that fails on a model is a result: record why
+            artifact = target.read_bytes()
+            case.judge(method, setting, artifact, artifact, time.perf_counter() - started, 0.0)
+        except Exception as e:  # a peer that fails on a model, or writes a model ORT refuses, is a result
             case.skipped[f"{method} {setting}"] = _first_line(e)
             print(f"  {method:<20} {setting:<24} failed: {_first_line(e)}", flush=True)
-            return
-        artifact = target.read_bytes()
-        case.judge(method, setting, artifact, artifact, time.perf_counter() - started, 0.0)
 
     if "ort-dynamic" in methods:
         for per_channel in (False, True):
@@ -434,6 +438,19 @@ def import_nncodec():
     return compress, decompress
 
 
+SHAPE_OPS = {"Resize", "Upsample", "Reshape", "Expand", "Tile", "Slice", "Pad", "Range", "ConstantOfShape"}
+
+
+def coded_by_nncodec(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The float tensors handed to NNCodec: weights and other parameters of 8 elements or more. Small ones and
+    those that steer shapes (ppocr-det's Resize scales ``[1, 1, 2, 2]``: NNCodec quantizes them like weights,
+    and the model no longer loads) stay, losslessly, in the zstd'd graph."""
+    steering = {name for node in proto.graph.node if node.op_type in SHAPE_OPS for name in node.input}
+    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
+            if t.data_type == onnx.TensorProto.FLOAT and t.name not in steering
+            and int(np.prod(t.dims, dtype=np.int64)) >= 8}
+
+
 def run_nncodec(case: Case, qps, pruned_qps, sparsities, methods) -> None:
     try:
         compress, decompress = import_nncodec()
@@ -452,8 +469,7 @@ def run_nncodec(case: Case, qps, pruned_qps, sparsities, methods) -> None:
                     continue
                 jobs.append((f"{label}+nncodec", proto, f"s={level:g} ", pruned_qps))
     for method, proto, prefix, grid in jobs:
-        floats = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
-                  if t.data_type == onnx.TensorProto.FLOAT and numpy_helper.to_array(t).size > 1}
+        floats = coded_by_nncodec(proto)
         skeleton = onnx.ModelProto()
         skeleton.CopyFrom(proto)
         for tensor in skeleton.graph.initializer:
@@ -532,11 +548,15 @@ def tables(case: Results) -> str:
                          f"{p.evaluation:.4f} | {p.encode_s:.1f} | {p.decode_s:.2f} |")
         ours = picks.get("onnx-de")
         peers = [p for m, p in picks.items() if m != "onnx-de" and p is not None]
+        if peers and not ours:
+            best = min(peers, key=lambda p: min(p.bytes, p.zstd_bytes))
+            verdicts.append(f"- {threshold}: **no onnx-de setting keeps it**; best peer {best.method} "
+                            f"{min(best.bytes, best.zstd_bytes):,} B (eval {best.evaluation:.4f})")
         if ours and peers:
             best = min(peers, key=lambda p: min(p.bytes, p.zstd_bytes))
             verdicts.append(f"- {threshold}: onnx-de {ours.bytes:,} B (eval {ours.evaluation:.4f}) vs best peer "
                             f"{best.method} {min(best.bytes, best.zstd_bytes):,} B (eval {best.evaluation:.4f}): "
-                            f"**{min(best.bytes, best.zstd_bytes) / ours.bytes:.2f}x smaller**"
+                            f"**{_smaller(min(best.bytes, best.zstd_bytes), ours.bytes)}**"
                             + ("" if ours.evaluation >= best.evaluation else
                                "; the peer's evaluation fidelity is higher"))
     front = frontier([p for p in case.points if p.method == "onnx-de"])
@@ -550,12 +570,16 @@ def tables(case: Results) -> str:
     for level in THRESHOLDS:
         ours = [p for p in case.points if p.method == "onnx-de" and p.evaluation >= level]
         theirs = [p for p in case.points if p.method != "onnx-de" and p.evaluation >= level]
+        if theirs and not ours:
+            b = min(theirs, key=lambda p: min(p.bytes, p.zstd_bytes))
+            curve.append(f"- {level}: **no onnx-de point reaches it**; {b.method} {b.setting} "
+                         f"{min(b.bytes, b.zstd_bytes):,} B (eval {b.evaluation:.4f})")
         if ours and theirs:
             a = min(ours, key=lambda p: p.bytes)
             b = min(theirs, key=lambda p: min(p.bytes, p.zstd_bytes))
             curve.append(f"- {level}: onnx-de {a.setting} {a.bytes:,} B (eval {a.evaluation:.4f}) vs {b.method} "
                          f"{b.setting} {min(b.bytes, b.zstd_bytes):,} B (eval {b.evaluation:.4f}): "
-                         f"**{min(b.bytes, b.zstd_bytes) / a.bytes:.2f}x smaller**")
+                         f"**{_smaller(min(b.bytes, b.zstd_bytes), a.bytes)}**")
     lines += ["", "Best peer against onnx-de, both chosen on calibration:", "", *verdicts, "",
               "The curves read at an evaluation fidelity (the smallest point of each side that reaches it on the "
               "evaluation split; no selection rule, so an upper bound for both):", "", *curve, "",
@@ -566,6 +590,10 @@ def tables(case: Results) -> str:
     if case.skipped:
         lines += ["", "Not run or failed: " + "; ".join(f"{k}: {v}" for k, v in case.skipped.items()) + "."]
     return "\n".join(lines)
+
+
+def _smaller(theirs: int, ours: int) -> str:
+    return f"{theirs / ours:.2f}x smaller" if theirs >= ours else f"{ours / theirs:.2f}x larger"
 
 
 def plot(case: Results) -> str:
@@ -635,12 +663,16 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     parser.add_argument("--sparsity", default=",".join(map(str, DE_SPARSITY)), help="onnx-de's sparsity grid")
     parser.add_argument("--bits", default=",".join(map(str, DE_BITS)), help="onnx-de's bits grid")
-    parser.add_argument("--schemes", default=",".join(DE_SCHEMES), help="onnx-de's quantization schemes")
+    parser.add_argument("--schemes", default=",".join(DE_SCHEMES),
+                        help="onnx-de's quantization schemes: codebook or uniform, each at its default granularity "
+                             "or with -channel / -tensor (e.g. codebook-channel)")
     parser.add_argument("--prune", default=",".join(map(str, PRUNE_SPARSITY)), help="magnitude pruning grid")
     parser.add_argument("--qp", default=",".join(map(str, NNC_QP)), help="NNCodec's quantization parameters")
     parser.add_argument("--pruned-qp", default=",".join(map(str, PRUNED_QP)),
                         help="NNCodec's quantization parameters after pruning")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the points of methods not run now from an earlier OUT/NAME.json")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite OUT/NAME.md and OUT/NAME.svg from OUT/NAME.json")
     args = parser.parse_args()
@@ -659,10 +691,19 @@ def main() -> None:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
     floats = lambda text: [float(v) for v in text.split(",") if v]  # noqa: E731
     args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve()  # the steps run in a scratch directory
     print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}; {versions()}")
     print(f"# {' '.join(sys.argv)}")
     for name in args.models:
+        command = "python " + " ".join(sys.argv)
         case = open_case(name, args.threads)
+        saved = args.out / f"{name}.json"
+        if args.append and saved.exists():  # keep the other methods' points of an earlier run
+            earlier = Results.load(saved)
+            case.points = [p for p in earlier.points if p.method not in methods]
+            rerun = methods | {step for step, covered in STEP_METHODS.items() if covered & methods}
+            case.skipped = {k: v for k, v in earlier.skipped.items() if k.split(" ")[0] not in rerun}
+            command = json.loads(saved.read_text())["command"] + " && " + command
         print(f"## {name}", flush=True)
         with tempfile.TemporaryDirectory(prefix="onnx-de-peers-") as scratch:
             folder = Path(scratch)
@@ -676,20 +717,26 @@ def main() -> None:
                                                 [int(q) for q in floats(args.pruned_qp)], floats(args.prune),
                                                 methods)),
             ]
-            for step, work in steps:
-                wanted = {"lossless": {"zstd-19", "zipnn"}, "ort": {"ort-dynamic", "ort-static-qdq",
-                                                                    "ort-matmulnbits"},
-                          "pruned+int8": {f"{p}+int8+zstd" for p in PRUNERS},
-                          "nncodec": {"nncodec", *(f"{p}+nncodec" for p in PRUNERS)}}.get(step, {step})
-                if not wanted & methods:
-                    continue
-                try:
-                    work()
-                except Exception as e:  # one peer's crash must not lose the others' results
-                    case.skipped[step] = _first_line(e)
-                    traceback.print_exc()
-                case.results().save(args.out, " ".join(sys.argv))
+            previous = os.getcwd()
+            os.chdir(folder)  # ONNX Runtime's quantizers leave temporary files in the working directory
+            try:
+                run_steps(case, steps, methods, out, command)
+            finally:
+                os.chdir(previous)
         print(tables(case.results()), flush=True)
+
+
+def run_steps(case: Case, steps, methods: set[str], out: Path, command: str) -> None:
+    """Run each step some chosen method needs, saving the results after each; a crash is recorded, not fatal."""
+    for step, work in steps:
+        if not STEP_METHODS.get(step, {step}) & methods:
+            continue
+        try:
+            work()
+        except Exception as e:  # one peer's crash must not lose the others' results
+            case.skipped[step] = _first_line(e)
+            traceback.print_exc()
+        case.results().save(out, command)
 
 
 if __name__ == "__main__":
