@@ -186,33 +186,45 @@ def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], 
     With ``alternatives`` (label -> masks with the same zeros per layer, e.g. the magnitude order at the search's
     allocation), each layer's refit is tried from every candidate mask as well, and the candidate the Scorer
     judges best is kept: ``masks`` and the scorer's weights are updated in place. Layer by layer choices are
-    greedy, so the pass with alternatives is kept only where its final divergence beats the pass without.
+    greedy, so the pass with alternatives is kept only where its final divergence beats the pass without
+    (which is only re-run from the first layer where an alternative won).
     Returns, per layer, the label of the mask kept refit (``search`` for ``masks``' own), or ``None`` where
     no refit helped.
     """
     if not alternatives:
         return _compensate_pass(scorer, probe, masks, ridge, {})
     start = ({n: w.copy() for n, w in scorer.weights.items()}, {n: m.copy() for n, m in masks.items()})
-    plain = _compensate_pass(scorer, probe, masks, ridge, {})
+    mixed = _compensate_pass(scorer, probe, masks, ridge, alternatives)
+    order = [name for name, _ in sorted(probe.layers.items(), key=lambda item: item[1].order)]
+    first = next((i for i, name in enumerate(order) if mixed[name] not in (None, "search")), None)
+    if first is None:  # no alternative won anywhere: this is the pass without alternatives
+        return mixed
+    # Up to the first layer an alternative won, the pass without alternatives made the same choices: redo only
+    # the layers from there, from their state before compensation.
     reference = (scorer.divergence(), {n: w.copy() for n, w in scorer.weights.items()},
                  {n: m.copy() for n, m in masks.items()})
-    for name in scorer.weights:
+    for name in order[first:]:
         scorer.weights[name][...] = start[0][name]
         masks[name][...] = start[1][name]
-    mixed = _compensate_pass(scorer, probe, masks, ridge, alternatives)
-    if scorer.divergence() < reference[0]:
+    plain = {**{name: mixed[name] for name in order[:first]},
+             **_compensate_pass(scorer, probe, masks, ridge, {}, layers=order[first:])}
+    if reference[0] < scorer.divergence():
+        for name in order[first:]:
+            scorer.weights[name][...] = reference[1][name]
+            masks[name][...] = reference[2][name]
         return mixed
     log.info("the mask alternatives did not lower the final divergence: kept the search's masks")
-    for name in scorer.weights:
-        scorer.weights[name][...] = reference[1][name]
-        masks[name][...] = reference[2][name]
     return plain
 
 
 def _compensate_pass(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float,
-                     alternatives: dict[str, dict[str, np.ndarray]]) -> dict[str, str | None]:
+                     alternatives: dict[str, dict[str, np.ndarray]],
+                     layers: list[str] | None = None) -> dict[str, str | None]:
+    """One refit of ``layers`` (default: every layer), in graph order."""
     kept: dict[str, str | None] = {}
     for name, layer in sorted(probe.layers.items(), key=lambda item: item[1].order):
+        if layers is not None and name not in layers:
+            continue
         if not _supported(layer) or masks[name].all():
             kept[name] = None
             continue

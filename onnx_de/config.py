@@ -158,9 +158,6 @@ class OptimizeConfig:
         for key in values:
             if key not in known:
                 raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known))})")
-        layers = values.get("layers", {})
-        if not isinstance(layers, dict):
-            raise ConfigError("layers must be a table of NAME or re:PATTERN = { sparsity = ..., bits = ... }")
         return cls(**values)
 
     def with_overrides(self, **changes) -> "OptimizeConfig":
@@ -207,7 +204,8 @@ def _override(key: str, value) -> LayerOverride:
         if item not in ("sparsity", "bits"):
             raise ConfigError(f"unknown config key 'layers.{key}.{item}' (known: bits, sparsity)")
     sparsity, bits = value.get("sparsity"), value.get("bits")
-    if sparsity is not None and (isinstance(sparsity, bool) or not 0 <= sparsity < 1):
+    if sparsity is not None and (not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool)
+                                 or not 0 <= sparsity < 1):
         raise ConfigError(f"layers.{key}.sparsity must be in [0, 1), got {sparsity!r}")
     if bits is not None and (not is_int(bits) or not 1 <= bits <= MAX_BITS):
         raise ConfigError(f"layers.{key}.bits must be an integer from 1 to {MAX_BITS}, got {bits!r}")

@@ -12,7 +12,7 @@ from .allocation import search_bits
 from .compensate import LayerProbe, input_energy
 from .config import layer_setting
 from .data import Dataset, load_data
-from .errors import ConfigError
+from .errors import ConfigError, is_int
 from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .export import export_quantized
 from .fileio import atomic_write_bytes
@@ -103,7 +103,7 @@ def quantize(
     if budget is not None and not 0 < budget <= 1:
         raise ConfigError(f"budget must be in (0, 1], got {budget}")
     for pattern, width in (layer_bits or {}).items():
-        if not isinstance(width, int) or not 1 <= width <= MAX_BITS:
+        if not is_int(width) or not 1 <= width <= MAX_BITS:
             raise ConfigError(f"layer bits {pattern}={width!r} must be an integer from 1 to {MAX_BITS}")
     if per_channel is None:
         per_channel = scheme == "uniform"

@@ -99,8 +99,8 @@ def quantize_tensor(weight: np.ndarray, bits: int, scheme: str = "codebook", *, 
         moved, moved_importance = np.moveaxis(weight, axis, 0), np.moveaxis(importance, axis, 0)
         scale = np.abs(moved).reshape(len(moved), -1).max(axis=1).astype(np.float32)
         scale[scale == 0] = 1.0
-        shape = (-1,) + (1,) * (moved.ndim - 1)
-        shared = _codebook(moved / scale.reshape(shape), bits, moved_importance * scale.reshape(shape) ** 2)
+        per_row = broadcast_channels(scale, moved.ndim, 0)
+        shared = _codebook(moved / per_row, bits, moved_importance * per_row**2)
         return QuantizedTensor("codebook", bits, np.moveaxis(shared.levels, 0, axis), scale=scale, axis=axis,
                                codebook=shared.codebook)
     if axis is None:

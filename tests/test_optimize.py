@@ -58,6 +58,8 @@ def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
     ("sparsity = 0.9\ninclude = 'fc1.weight'\n", "config key 'include' has a value of the wrong type"),
     ("sparsity = 0.9\nseed = 'one'\n", "config key 'seed'"),
     ("sparsity = 0.9\ncompensate = 1\n", "config key 'compensate'"),
+    ("sparsity = 0.9\n[layers]\n'fc1.weight' = { sparsity = 'half' }\n", "layers.fc1.weight.sparsity"),
+    ("sparsity = 0.9\nlayers = 3\n", "config key 'layers'"),
 ])
 def test_bad_configs_name_what_is_wrong(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
