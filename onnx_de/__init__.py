@@ -9,7 +9,8 @@ weights, encode the result into a compact container and decode it at load time, 
 from .codec import InferenceSession, decode, encode, inspect_container
 from .config import OptimizeConfig, load_config
 from .data import Dataset, Preprocess, load_data
-from .errors import ConfigError, DataError, FormatError, ModelError, OnnxDeError, UnsupportedVersionError, ZooError
+from .errors import (ConfigError, DataError, ExecutorError, FormatError, ModelError, OnnxDeError,
+                     UnsupportedVersionError, ZooError)
 from .evaluate import evaluate
 from .evolution import SearchConfig
 from .metrics import MetricSpec, fidelity
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Dataset",
+    "ExecutorError",
     "FormatError",
     "InferenceSession",
     "MetricSpec",

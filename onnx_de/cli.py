@@ -27,6 +27,7 @@ from .evolution import PRIORS, SearchConfig
 from .optimize import optimize
 from .quantize import quantize
 from .quantizers import SCHEMES
+from .runtime import DEVICES
 from .sparsify import MASK_CANDIDATES, METHODS, sparsify
 from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
 
@@ -82,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--budget", type=float, metavar="MIN",
                     help="stop (undoing the last generation) before the primary fidelity metric on the calibration "
                          "data falls below MIN, e.g. 0.98 top-1 agreement")
-    sp.add_argument("--workers", type=int, default=1,
-                    help="score candidates on this many Scorer replicas in parallel threads (default %(default)s)")
+    _add_executor(sp)
     sp.add_argument("--no-compensate", action="store_true", help="skip the least-squares refit of survivors")
     sp.add_argument("--mask-candidates", type=_mask_candidates, default=tuple(MASK_CANDIDATES), metavar="LIST",
                     help="DE + compensation: also refit each layer from these masks at DE's per-layer sparsity and "
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     opt.add_argument("--resume", action="store_true", help="continue an interrupted search in OUTPUT")
     opt.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    _add_executor(opt, defaults=False)
     opt.add_argument("--json", action="store_true", help="print report.json instead of a summary")
     _add_selection(opt, defaults=False)
 
@@ -167,6 +168,20 @@ def _add_selection(parser: argparse.ArgumentParser, defaults: bool = True) -> No
                        help="never prune matching weights (wins over --include); repeatable")
     group.add_argument("--min-size", type=int, default=WeightSelection.min_size if defaults else None,
                        help=f"weights with fewer elements stay dense (default {WeightSelection.min_size})")
+
+
+def _add_executor(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Where candidates are scored; ``defaults=False`` leaves unset ones ``None`` so a config file's stand."""
+    group = parser.add_argument_group("parallel scoring")
+    group.add_argument("--workers", type=int, default=1 if defaults else None,
+                       help="score each generation's candidates on this many workers (default 1)")
+    group.add_argument("--executor", default="local" if defaults else None, metavar="local|ray|ray:ADDRESS",
+                       help="workers as threads here (local, the default), or as actors of the Ray cluster on this "
+                            "machine or a new local one (ray), or of a running cluster (ray:ADDRESS); "
+                            "Ray needs pip install 'onnx-de[ray]'")
+    group.add_argument("--device", choices=DEVICES, default="auto" if defaults else None,
+                       help="where the search scores candidates: a CUDA GPU through onnxruntime-gpu (cuda), the "
+                            "CPU, or the GPU where there is one (auto, the default)")
 
 
 def _add_granularity(parser: argparse.ArgumentParser) -> None:
@@ -389,7 +404,7 @@ def _sparsify(args: argparse.Namespace) -> int:
     result = sparsify(args.model, data, config=config, method=args.method, compensate=not args.no_compensate,
                       selection=selection, eval_data=eval_data, output=args.output, checkpoint=checkpoint,
                       resume=args.resume, calibration_samples=args.limit, intra_op_threads=args.threads,
-                      workers=args.workers, mask_candidates=args.mask_candidates,
+                      workers=args.workers, executor=args.executor, device=args.device, mask_candidates=args.mask_candidates,
                       progress=_progress_line if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         print(file=sys.stderr)
@@ -440,7 +455,8 @@ def _optimize(args: argparse.Namespace) -> int:
                 "per_channel": args.per_channel, "seed": args.seed, "prior": args.prior,
                 "population": args.population, "survivors": args.survivors, "compensate": args.compensate,
                 "include": args.include or None, "exclude": args.exclude or None, "min_size": args.min_size,
-                "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None}
+                "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None,
+                "workers": args.workers, "executor": args.executor, "device": args.device}
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})
         settings = {}

@@ -27,7 +27,9 @@ from pathlib import Path
 from .errors import ConfigError, is_int
 from .evolution import PRIORS, SearchConfig
 from .model import DEFAULT_MIN_SIZE, WeightSelection, matches
+from .parallel import parse_executor
 from .quantizers import MAX_BITS, SCHEMES
+from .runtime import DEVICES
 
 __all__ = ["CONFIG_VERSION", "OptimizeConfig", "LayerOverride", "load_config", "layer_setting"]
 
@@ -60,7 +62,10 @@ class OptimizeConfig:
         layers: per-layer overrides keyed by exact name or ``re:PATTERN``.
         include, exclude, min_size: which weights are prunable (see :class:`~onnx_de.WeightSelection`).
         calibration_samples: use at most this many calibration samples.
-        threads: ONNX Runtime intra-op threads.
+        threads: ONNX Runtime intra-op threads (per worker).
+        workers, executor: score the search's candidates on this many workers: threads of this process
+            (``local``) or actors of a Ray cluster (``ray``, ``ray:ADDRESS``); see :func:`~onnx_de.sparsify`.
+        device: where the search scores candidates: ``auto``, ``cpu`` or ``cuda``.
     """
 
     sparsity: float | None = None
@@ -79,6 +84,9 @@ class OptimizeConfig:
     min_size: int = DEFAULT_MIN_SIZE
     calibration_samples: int | None = None
     threads: int | None = None
+    workers: int = 1
+    executor: str = "local"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -101,6 +109,9 @@ class OptimizeConfig:
             raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
         if self.prior not in PRIORS:
             raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        parse_executor(self.executor, self.workers)
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         self.search()  # validates the search settings
 
     def _check_types(self) -> None:
@@ -115,7 +126,8 @@ class OptimizeConfig:
             "include": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "exclude": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "min_size": is_int, "calibration_samples": lambda v: v is None or (is_int(v) and v > 0),
-            "threads": lambda v: v is None or (is_int(v) and v > 0),
+            "threads": lambda v: v is None or (is_int(v) and v > 0), "workers": is_int,
+            "executor": lambda v: isinstance(v, str), "device": lambda v: isinstance(v, str),
         }
         for key, valid in checks.items():
             if not valid(getattr(self, key)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["OnnxDeError", "ModelError", "DataError", "ZooError", "ConfigError", "FormatError", "UnsupportedVersionError",
-           "first_line", "is_int"]
+           "ExecutorError", "first_line", "is_int"]
 
 
 class OnnxDeError(Exception):
@@ -32,6 +32,10 @@ class FormatError(OnnxDeError):
 
 class UnsupportedVersionError(FormatError):
     """A container written in a format version this onnx-de cannot read."""
+
+
+class ExecutorError(OnnxDeError):
+    """A distributed executor that cannot be reached, or that lost its workers past its retries."""
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

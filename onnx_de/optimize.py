@@ -131,7 +131,8 @@ def optimize(
     else:
         sparse = sparsify(teacher, calibration, config=config.search(), compensate=config.compensate,
                           selection=config.selection, checkpoint=output / CHECKPOINT, resume=resume,
-                          intra_op_threads=config.threads, progress=progress, metric=spec)
+                          intra_op_threads=config.threads, progress=progress, metric=spec,
+                          workers=config.workers, executor=config.executor, device=config.device)
         quantized = quantize(sparse.student, calibration, bits=config.bits, budget=config.budget,
                              scheme=config.scheme, per_channel=config.per_channel, teacher=teacher,
                              selection=config.selection,
@@ -188,7 +189,7 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     for level in _BUDGET_LADDER:
         sparse = sparsify(teacher, search, config=config.search(level), compensate=config.compensate,
                           selection=config.selection, intra_op_threads=config.threads, metric=spec,
-                          progress=progress)
+                          progress=progress, workers=config.workers, executor=config.executor, device=config.device)
         kept_any = False
         energies = weight_energies(sparse.student, search, config.threads)  # shared by every width
         for width in widths:

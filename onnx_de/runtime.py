@@ -2,25 +2,74 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 
 import numpy as np
 import onnxruntime as ort
 
 from .data import Dataset
-from .errors import DataError, ModelError, first_line
+from .errors import ConfigError, DataError, ModelError, first_line
 from .model import Model
 
-__all__ = ["DEFAULT_BATCH_SIZE", "create_session", "fixed_batch", "run_model"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEVICES", "create_session", "cuda_devices", "fixed_batch", "resolve_device",
+           "run_model"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
+DEVICES = ("auto", "cpu", "cuda")
+# Full float32 and a fixed convolution algorithm per shape: TF32 would move every output by ~1e-3, and
+# an exhaustive algorithm search can pick differently from run to run (the same seed must give the same masks).
+_CUDA_OPTIONS = {"device_id": "0", "use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+@functools.cache
+def cuda_devices() -> int:
+    """How many CUDA GPUs this process can use: 0 without onnxruntime-gpu's CUDA provider or an NVIDIA driver.
+
+    Asks the driver itself (``cuDeviceGetCount``), because ONNX Runtime lists its CUDA provider wherever
+    onnxruntime-gpu is installed, GPU or not, and opening a session on it without one logs errors.
+    """
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return 0
+    for library in ("libcuda.so.1", "nvcuda.dll"):
+        try:
+            driver = ctypes.CDLL(library)
+            break
+        except OSError:
+            continue
+    else:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def resolve_device(device: str) -> str:
+    """``cpu`` or ``cuda`` for a requested device: ``auto`` is the GPU where there is one, else the CPU (logged).
+
+    Raises:
+        ConfigError: an unknown device, or ``cuda`` where no CUDA GPU can be used.
+    """
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    if cuda_devices():
+        return "cuda"
+    if device == "cuda":
+        raise ConfigError("device cuda: no CUDA GPU is available (it needs onnxruntime-gpu, an NVIDIA driver and "
+                          "a GPU); use --device cpu or auto")
+    log.info("no CUDA GPU found: running on the CPU")
+    return "cpu"
 
 
 def create_session(model: Model, *, intra_op_threads: int | None = None, spin: bool = True,
-                   optimize: bool = True, arena: bool = True) -> ort.InferenceSession:
-    """Open an ONNX Runtime CPU session on ``model``.
+                   optimize: bool = True, arena: bool = True, device: str = "cpu") -> ort.InferenceSession:
+    """Open an ONNX Runtime session on ``model``, on the CPU or a CUDA GPU.
 
     Args:
         model: the loaded model.
@@ -31,6 +80,8 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
         arena: keep freed activation memory in a per-session arena for the next run. Turn it off where many
             sessions live side by side, or each keeps a full set of activations (ppocr-det's per-layer
             sessions: 12.4 GB with arenas, 2.1 GB without, and no slower).
+        device: ``cpu`` or ``cuda`` (a device :func:`resolve_device` returned); on ``cuda`` the operators
+            the CUDA provider lacks run on the CPU.
 
     Raises:
         ModelError: when ONNX Runtime cannot load the model (unsupported op, bad graph).
@@ -46,7 +97,8 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(model.serialized(), options, providers=["CPUExecutionProvider"])
+        providers = [("CUDAExecutionProvider", _CUDA_OPTIONS)] if device == "cuda" else []
+        return ort.InferenceSession(model.serialized(), options, providers=[*providers, "CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         raise ModelError(f"{model.source}: ONNX Runtime cannot load the model: {_ort_message(e)}") from e
 

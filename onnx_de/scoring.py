@@ -54,7 +54,10 @@ class Scorer:
             case; the original model when ``model`` is already a compressed student).
         optimized_graph: run ONNX Runtime's optimized graph where it reproduces the model: always (``True``),
             never (``False``), or where ONNX Runtime changed the convolutions' memory layout (``None``). The
-            choice is structural, not timed, so that the same seed gives the same masks on any run.
+            choice is structural, not timed, so that the same seed gives the same masks on any run. CPU only.
+        device: ``cpu``, or ``cuda`` (from :func:`~onnx_de.runtime.resolve_device`): teacher and student run on
+            the GPU, where the calibration batches and the weights stay; after a change only the tensors of
+            the changed weight are uploaded.
 
     Attributes:
         weights: the current student weights by name. During a search change them through :meth:`commit`;
@@ -64,18 +67,19 @@ class Scorer:
 
     def __init__(self, model: Model, data: Dataset, weights: list[str], spec: MetricSpec,
                  *, intra_op_threads: int | None = None, partial: bool = True,
-                 optimized_graph: bool | None = None, reference: Model | None = None) -> None:
+                 optimized_graph: bool | None = None, reference: Model | None = None, device: str = "cpu") -> None:
         self.spec = spec
         self.kind = divergence_kind(spec)
-        own_outputs = run_model(create_session(model, intra_op_threads=intra_op_threads), data)
+        self._device = device
+        own_outputs = run_model(create_session(model, intra_op_threads=intra_op_threads, device=device), data)
         self.teacher_outputs = own_outputs if reference is None else run_model(
-            create_session(reference, intra_op_threads=intra_op_threads), data)
+            create_session(reference, intra_op_threads=intra_op_threads, device=device), data)
         self.weights = {name: np.array(model.initializer(name), order="C") for name in weights}
         self._threads = intra_op_threads
         self._model = model
         self._prepare_divergence()
         self._batches = []
-        graph = runtime_graph(model, weights, optimize=optimized_graph is not False)
+        graph = runtime_graph(model, weights, optimize=optimized_graph is not False and device == "cpu")
         if graph.optimized and optimized_graph is None and not graph.blocked_layout:
             graph = runtime_graph(model, weights, optimize=False)  # no layout change: nothing to gain
         self._use_graph(graph, data)
@@ -98,16 +102,27 @@ class Scorer:
         self._runtime = graph
         self.session = self._session(graph.proto)
         self._output_names = [o.name for o in self.session.get_outputs()]
-        self._weight_values = {n: ort.OrtValue.ortvalue_from_numpy(t) for n, t in graph.tensors.items()}
+        self._weight_values = {n: self._value(t) for n, t in graph.tensors.items()}
         if not self._batches:
             size = fixed_batch(self.session, set(data.inputs)) or len(data)
             self._slices = [slice(start, start + size) for start in range(0, len(data), size)]
             self._batches = [
-                {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array[rows]))
-                 for name, array in data.inputs.items()}
+                {name: self._value(np.ascontiguousarray(array[rows])) for name, array in data.inputs.items()}
                 for rows in self._slices
             ]
         self._bindings = [self._binding(self.session, batch, self._output_names) for batch in self._batches]
+
+    def _value(self, array: np.ndarray) -> ort.OrtValue:
+        """``array`` for ONNX Runtime: on the CPU the same memory (edits show through), on the GPU a copy."""
+        return ort.OrtValue.ortvalue_from_numpy(array, self._device, 0)
+
+    def _upload(self, names) -> None:
+        """On the GPU, copy the runtime tensors of the weights ``names`` from their host arrays to the device."""
+        if self._device == "cpu":
+            return
+        for name in names:
+            for placement in self._runtime.placements[name]:
+                self._weight_values[placement.tensor].update_inplace(self._runtime.tensors[placement.tensor])
 
     def _reproduces(self, expected: list[np.ndarray]) -> bool:
         """Whether the student session, with the model's weights, gives the model's outputs ``expected``."""
@@ -121,7 +136,7 @@ class Scorer:
 
     def _session(self, proto) -> ort.InferenceSession:
         return create_session(Model(proto, self._model.source, [], [], []), intra_op_threads=self._threads,
-                              spin=False, optimize=not self._runtime.optimized, arena=False)
+                              spin=False, optimize=not self._runtime.optimized, arena=False, device=self._device)
 
     def _binding(self, session: ort.InferenceSession, feeds: dict[str, ort.OrtValue], outputs: list[str]):
         """An IO binding of ``session``: the given feeds, every weight it reads, outputs on the CPU."""
@@ -153,6 +168,7 @@ class Scorer:
         """Copy every weight into the runtime tensors (the weights may have been edited since the last run)."""
         for name, weight in self.weights.items():
             self._runtime.write(name, weight)
+        self._upload(self.weights)
 
     def _prepare_divergence(self) -> None:
         """Precompute the teacher's side of the divergence."""
@@ -198,8 +214,8 @@ class Scorer:
             part = self._downstream[name]
             partial = self._partial_session(name, part, {t: values[t] for t in part.frontier})
             self._partial_bindings[name] = [
-                self._binding(partial, {**batch, **{t: ort.OrtValue.ortvalue_from_numpy(
-                    np.ascontiguousarray(values[t][rows])) for t in part.frontier}}, part.outputs)
+                self._binding(partial, {**batch, **{t: self._value(np.ascontiguousarray(values[t][rows]))
+                                                    for t in part.frontier}}, part.outputs)
                 for batch, rows in zip(self._batches, self._slices)
             ]
         self._stale = False
@@ -232,6 +248,7 @@ class Scorer:
         if not partial:
             self._write_weights()
         change()
+        self._upload([name])
         try:
             if not partial:
                 return self.divergence(self._run(self.session, self._bindings))
@@ -240,6 +257,7 @@ class Scorer:
             return self.divergence([changed.get(o, current) for o, current in zip(self._output_names, self._outputs)])
         finally:
             self._runtime.write(name, self.weights[name], indices)
+            self._upload([name])
 
     def score_many(self, candidates: list[tuple[str, np.ndarray]]) -> list[float]:
         """:meth:`score` of each ``(weight name, flat indices)`` candidate, in order."""
@@ -253,4 +271,8 @@ class Scorer:
         """Zero the elements ``indices`` (flat) of weight ``name`` for good; frontiers become stale."""
         self.weights[name].reshape(-1)[indices] = 0
         self._runtime.zero(name, indices)
+        self._upload([name])
         self._stale = True
+
+    def close(self) -> None:
+        """Nothing to release (the sessions go with the Scorer); every scorer of the search has it."""

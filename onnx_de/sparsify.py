@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from .evolution import SearchConfig, evolve, layer_targets
 from .fileio import atomic_write_bytes
 from .metrics import MetricSpec
 from .model import Model, WeightSelection
-from .parallel import ScorerPool
-from .scoring import Scorer
+from .parallel import create_scorer, parse_executor
+from .runtime import resolve_device
 from .zoo import open_model
 
 __all__ = ["METHODS", "SparsifyResult", "sparsify", "student_model"]
@@ -82,6 +83,8 @@ def sparsify(
     calibration_samples: int | None = None,
     intra_op_threads: int | None = None,
     workers: int = 1,
+    executor: str = "local",
+    device: str = "auto",
     progress=None,
     metric: str | MetricSpec | None = None,
     mask_candidates: tuple[str, ...] = tuple(MASK_CANDIDATES),
@@ -107,7 +110,13 @@ def sparsify(
         resume: continue from ``checkpoint``.
         calibration_samples: use at most this many calibration samples.
         intra_op_threads: ONNX Runtime threads per operator (per worker).
-        workers: Scorer replicas that score a generation's candidates in parallel threads (DE only).
+        workers: Scorer replicas that score a generation's candidates in parallel (DE only): threads of this
+            process, or Ray actors.
+        executor: where the workers run: ``local`` (threads), ``ray`` (the Ray cluster on this machine, or a
+            new local one) or ``ray:ADDRESS`` (a running Ray cluster; needs ``onnx-de[ray]``).
+        device: where the search's Scorer runs: ``cpu``, ``cuda`` (a CUDA GPU through onnxruntime-gpu; a
+            ConfigError where there is none) or ``auto`` (the GPU where there is one, else the CPU). The
+            least-squares refit and the evaluation run on the CPU.
         progress: callback receiving each generation's record.
         metric: the fidelity metric (default: the zoo entry's for ``zoo:NAME`` data, else from the outputs).
 
@@ -120,8 +129,8 @@ def sparsify(
     unknown = set(mask_candidates) - set(MASK_CANDIDATES)
     if unknown:
         raise ConfigError(f"mask candidates must be among {', '.join(MASK_CANDIDATES)}, got {', '.join(unknown)}")
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
+    parse_executor(executor, workers)
+    device = resolve_device(device)
     config = config or SearchConfig()
     started = time.perf_counter()
     teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
@@ -130,48 +139,48 @@ def sparsify(
     evaluation = evaluation_data(eval_data, data, teacher)
     prunable = teacher.prunable
     names = [w.name for w in prunable]
-    scorer = (ScorerPool(teacher, calibration, names, spec, workers=workers, intra_op_threads=intra_op_threads)
-              if workers > 1 and method == "de" else Scorer(teacher, calibration, names, spec,
-                                                             intra_op_threads=intra_op_threads))
-    probe = LayerProbe(teacher, prunable, calibration, intra_op_threads=intra_op_threads)
-    prior = {"de": config.prior, "magnitude": "magnitude", "wanda": "activation"}[method]
-    importance = layer_saliency(probe, prior)
-    trajectory: list[dict] = []
-    stopped = None
-    if method == "de":
-        state = evolve(scorer, config, importance, checkpoint=Path(checkpoint) if checkpoint else None,
-                       resume=resume, progress=progress)
-        masks, trajectory, stopped = state.masks, state.trajectory, state.stopped
-    else:
-        masks = prune_by_saliency(importance, config)
-        for name, mask in masks.items():
-            scorer.weights[name][~mask] = 0
-    alternatives = None
-    if method == "de" and compensate and mask_candidates:
-        counts = {name: int(mask.size - np.count_nonzero(mask)) for name, mask in masks.items()}
-        alternatives = {label: lowest(layer_saliency(probe, MASK_CANDIDATES[label]), counts)
-                        for label in mask_candidates}
-    compensated = compensate_layers(scorer, probe, masks, alternatives=alternatives) if compensate else {}
-    student = student_model(teacher, scorer.weights)
-    if output is not None:
-        atomic_write_bytes(output, student.serialized())
-        if checkpoint is not None:
-            Path(checkpoint).unlink(missing_ok=True)  # the run is complete: nothing left to resume
-    fidelity = None
-    if evaluation is not None:
-        fidelity = evaluate(teacher, student, evaluation, metric=spec, intra_op_threads=intra_op_threads)
-    total = sum(m.size for m in masks.values())
-    zeros = sum(int(m.size - np.count_nonzero(m)) for m in masks.values())
-    layers = {
-        name: {"size": int(mask.size), "zeros": int(mask.size - np.count_nonzero(mask)),
-               "sparsity": float(1 - np.count_nonzero(mask) / mask.size)}
-        for name, mask in masks.items()
-    }
-    return SparsifyResult(
-        student=student, masks=masks, method=method, config=config.to_dict(), layers=layers,
-        sparsity=zeros / total, divergence=scorer.divergence(), trajectory=trajectory, compensated=compensated,
-        fidelity=fidelity, seconds=time.perf_counter() - started, stopped=stopped,
-    )
+    parallel = {"executor": executor, "workers": workers} if method == "de" else {}
+    with closing(create_scorer(teacher, calibration, names, spec, intra_op_threads=intra_op_threads, device=device,
+                               **parallel)) as scorer:
+        probe = LayerProbe(teacher, prunable, calibration, intra_op_threads=intra_op_threads)
+        prior = {"de": config.prior, "magnitude": "magnitude", "wanda": "activation"}[method]
+        importance = layer_saliency(probe, prior)
+        trajectory: list[dict] = []
+        stopped = None
+        if method == "de":
+            state = evolve(scorer, config, importance, checkpoint=Path(checkpoint) if checkpoint else None,
+                           resume=resume, progress=progress)
+            masks, trajectory, stopped = state.masks, state.trajectory, state.stopped
+        else:
+            masks = prune_by_saliency(importance, config)
+            for name, mask in masks.items():
+                scorer.weights[name][~mask] = 0
+        alternatives = None
+        if method == "de" and compensate and mask_candidates:
+            counts = {name: int(mask.size - np.count_nonzero(mask)) for name, mask in masks.items()}
+            alternatives = {label: lowest(layer_saliency(probe, MASK_CANDIDATES[label]), counts)
+                            for label in mask_candidates}
+        compensated = compensate_layers(scorer, probe, masks, alternatives=alternatives) if compensate else {}
+        student = student_model(teacher, scorer.weights)
+        if output is not None:
+            atomic_write_bytes(output, student.serialized())
+            if checkpoint is not None:
+                Path(checkpoint).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+        fidelity = None
+        if evaluation is not None:
+            fidelity = evaluate(teacher, student, evaluation, metric=spec, intra_op_threads=intra_op_threads)
+        total = sum(m.size for m in masks.values())
+        zeros = sum(int(m.size - np.count_nonzero(m)) for m in masks.values())
+        layers = {
+            name: {"size": int(mask.size), "zeros": int(mask.size - np.count_nonzero(mask)),
+                   "sparsity": float(1 - np.count_nonzero(mask) / mask.size)}
+            for name, mask in masks.items()
+        }
+        return SparsifyResult(
+            student=student, masks=masks, method=method, config=config.to_dict(), layers=layers,
+            sparsity=zeros / total, divergence=scorer.divergence(), trajectory=trajectory, compensated=compensated,
+            fidelity=fidelity, seconds=time.perf_counter() - started, stopped=stopped,
+        )
 
 
 def prune_by_saliency(importance: dict[str, np.ndarray], config: SearchConfig) -> dict[str, np.ndarray]:

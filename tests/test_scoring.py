@@ -3,12 +3,15 @@ models with skip connections and folded normalizations."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 import onnx_de
 from onnx_de.evaluate import resolve_metric
 from onnx_de.graphs import downstream_of, promote_weights
+from onnx_de.runtime import cuda_devices, resolve_device
 from onnx_de.runtime_graph import runtime_graph
 from onnx_de.scoring import Scorer
 
@@ -68,3 +71,48 @@ def test_the_optimized_graph_places_every_weight_element_once(name):
     graph.zero(first, np.array([0, 3]))
     for place in graph.placements[first]:
         assert (graph.tensors[place.tensor].reshape(-1)[place.positions[[0, 3]]] == 0).all()
+
+
+requires_gpu = pytest.mark.skipif(not cuda_devices(), reason="no CUDA GPU on this machine")
+without_gpu = pytest.mark.skipif(bool(cuda_devices()), reason="a CUDA GPU is present")
+
+
+@without_gpu
+def test_without_a_gpu_auto_is_the_cpu_and_cuda_is_refused(caplog, tmp_path):
+    with caplog.at_level(logging.INFO, logger="onnx_de.runtime"):
+        assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    assert "running on the CPU" in caplog.text
+    with pytest.raises(onnx_de.ConfigError, match="no CUDA GPU"):
+        onnx_de.sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", device="cuda", output=tmp_path / "s.onnx")
+    assert not (tmp_path / "s.onnx").exists()
+    with pytest.raises(onnx_de.ConfigError, match="device must be"):
+        resolve_device("gpu")
+
+
+@requires_gpu
+@pytest.mark.parametrize("name, samples", [("mnist-lenet5", 64), ("efficientnet-lite0", 4)])
+def test_the_cuda_scorer_scores_like_the_cpu_scorer(name, samples):
+    model = onnx_de.open_model(f"zoo:{name}")
+    data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
+    names = [w.name for w in model.prunable]
+    spec = onnx_de.MetricSpec("classification")
+    cpu, gpu = (Scorer(model, data, names, spec, device=device) for device in ("cpu", "cuda"))
+    assert gpu.divergence() < 1e-6  # teacher and student both on the GPU, full float32
+    rng = np.random.default_rng(0)
+    candidates = [(n, rng.choice(cpu.weights[n].size, max(1, cpu.weights[n].size // 10), replace=False))
+                  for n in rng.choice(names, 6)]
+    for scorer in (cpu, gpu):
+        scorer.refresh(set(names))
+    np.testing.assert_allclose(gpu.score_many(candidates), cpu.score_many(candidates), rtol=1e-2, atol=1e-7)
+    gpu.commit(names[0], np.arange(10))
+    cpu.commit(names[0], np.arange(10))
+    assert gpu.divergence() == pytest.approx(cpu.divergence(), rel=1e-2, abs=1e-7)
+
+
+@requires_gpu
+def test_a_search_on_the_gpu_is_reproducible_and_keeps_fidelity():
+    config = onnx_de.SearchConfig(sparsity=0.9)
+    first, second = (onnx_de.sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=config, device="cuda")
+                     for _ in range(2))
+    assert all(np.array_equal(first.masks[n], second.masks[n]) for n in first.masks)
+    assert first.fidelity["top1_agreement"] >= 0.97
