@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--budget", type=float, metavar="MIN",
                     help="with --bits auto: the lowest primary fidelity metric on the calibration data")
     qz.add_argument("--scheme", choices=SCHEMES, default="codebook", help="levels (default %(default)s)")
+    qz.add_argument("--entropy-weight", type=float, default=0.0, metavar="W",
+                    help="codebooks: trade error for code length in the level fit, e.g. 0.03 (default 0: plain "
+                         "Lloyd-Max levels)")
     qz.add_argument("--asymmetric", action="store_true", help="uniform: windows fitted to each range")
     _add_granularity(qz)
     qz.add_argument("--unweighted", action="store_true", help="minimise weight error, not input-weighted error")
@@ -140,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the lowest primary fidelity metric on the calibration data, e.g. 0.98; alone, it "
                           "searches the sparsity and bits")
     opt.add_argument("--scheme", choices=SCHEMES, help="quantization levels (default codebook)")
+    opt.add_argument("--entropy-weight", type=float, metavar="W",
+                     help="codebooks: trade error for code length in the level fit, e.g. 0.03 (default 0)")
     _add_granularity(opt)
     opt.add_argument("--seed", type=int)
     opt.add_argument("--prior", choices=PRIORS, help=f"candidate draws (default {SearchConfig.prior})")
@@ -435,7 +440,8 @@ def _quantize(args: argparse.Namespace) -> int:
     result = quantize(args.model, data, bits=args.bits, budget=args.budget, scheme=args.scheme,
                       symmetric=not args.asymmetric, per_channel=args.per_channel, weighted=not args.unweighted,
                       teacher=args.teacher, selection=selection, eval_data=eval_data, output=args.output,
-                      calibration_samples=args.limit, intra_op_threads=args.threads)
+                      calibration_samples=args.limit, intra_op_threads=args.threads,
+                      entropy_weight=args.entropy_weight)
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -456,7 +462,8 @@ def _optimize(args: argparse.Namespace) -> int:
                 "population": args.population, "survivors": args.survivors, "compensate": args.compensate,
                 "include": args.include or None, "exclude": args.exclude or None, "min_size": args.min_size,
                 "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None,
-                "workers": args.workers, "executor": args.executor, "device": args.device}
+                "workers": args.workers, "executor": args.executor, "device": args.device,
+                "entropy_weight": args.entropy_weight}
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})
         settings = {}

@@ -66,6 +66,8 @@ class OptimizeConfig:
         workers, executor: score the search's candidates on this many workers: threads of this process
             (``local``) or actors of a Ray cluster (``ray``, ``ray:ADDRESS``); see :func:`~onnx_de.sparsify`.
         device: where the search scores candidates: ``auto``, ``cpu`` or ``cuda``.
+        entropy_weight: codebooks: the level fit's trade of error for code length (0: plain Lloyd-Max); see
+            :func:`~onnx_de.quantize`.
     """
 
     sparsity: float | None = None
@@ -87,6 +89,7 @@ class OptimizeConfig:
     workers: int = 1
     executor: str = "local"
     device: str = "auto"
+    entropy_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -110,6 +113,8 @@ class OptimizeConfig:
         if self.prior not in PRIORS:
             raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         parse_executor(self.executor, self.workers)
+        if self.scheme != "codebook" and self.entropy_weight:
+            raise ConfigError("entropy_weight applies to codebooks only (scheme = \"codebook\")")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         self.search()  # validates the search settings
@@ -128,6 +133,7 @@ class OptimizeConfig:
             "min_size": is_int, "calibration_samples": lambda v: v is None or (is_int(v) and v > 0),
             "threads": lambda v: v is None or (is_int(v) and v > 0), "workers": is_int,
             "executor": lambda v: isinstance(v, str), "device": lambda v: isinstance(v, str),
+            "entropy_weight": lambda v: number(v) and v >= 0,
         }
         for key, valid in checks.items():
             if not valid(getattr(self, key)):

@@ -136,7 +136,8 @@ def optimize(
         quantized = quantize(sparse.student, calibration, bits=config.bits, budget=config.budget,
                              scheme=config.scheme, per_channel=config.per_channel, teacher=teacher,
                              selection=config.selection,
-                             intra_op_threads=config.threads, layer_bits=config.layer_bits(), metric=spec)
+                             intra_op_threads=config.threads, layer_bits=config.layer_bits(), metric=spec,
+                             entropy_weight=config.entropy_weight)
         tried = []
     seconds["search"] = time.perf_counter() - started
     log.info("sparsity %.4f, %.2f bits, in %.1f s", sparse.sparsity, quantized.average_bits, seconds["search"])
@@ -196,7 +197,8 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
             quantized = quantize(sparse.student, search, bits=width, scheme=config.scheme,
                                  per_channel=config.per_channel, teacher=teacher,
                                  selection=config.selection, eval_data=check, intra_op_threads=config.threads,
-                                 layer_bits=config.layer_bits(), metric=spec, energies=energies)
+                                 layer_bits=config.layer_bits(), metric=spec, energies=energies,
+                                 entropy_weight=config.entropy_weight)
             size = len(encode(quantized.student))
             metric = quantized.fidelity[quantized.fidelity["primary"]]
             tried.append({"sparsity": level, "bits": width, "container": size, "held_out_metric": metric,

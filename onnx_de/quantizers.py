@@ -12,6 +12,11 @@ survivors alone (``2**bits`` of them), and a survivor never rounds to zero.
   Per tensor, or per output channel: one table fitted to values scaled by each channel's largest magnitude,
   and that scale per channel (channels of very different ranges, as in depthwise convolutions with folded
   batch norms, each get the table's resolution, for one float per channel).
+  With an ``entropy_weight`` the fit is entropy-constrained (Chou, Lookabaugh and Gray's ECVQ in one
+  dimension): each survivor takes the level that minimises its weighted squared error plus
+  ``entropy_weight`` x (the survivors' weighted variance) x (their mean weight) x (the level's code length in
+  bits), so that rarely used levels lose their borderline members and the symbols the container codes get
+  cheaper: error traded for bits, as rate-distortion quantizers such as NNCodec's do.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["SCHEMES", "QuantizedTensor", "quantize_tensor", "channel_shape", "broadcast_channels"]
+__all__ = ["MAX_BITS", "SCHEMES", "QuantizedTensor", "quantize_tensor", "channel_shape",
+           "broadcast_channels"]
 
 SCHEMES = ("uniform", "codebook")
 MAX_BITS = 8
 _CLIP_RATIOS = np.linspace(0.35, 1.0, 27)  # fractions of the largest magnitude tried as the grid's end
 _LLOYD_ITERATIONS = 30
+_RATE_WINDOW = 8  # an entropy-constrained survivor picks among the 2 * 8 + 1 levels around its nearest one
 
 
 @dataclass
@@ -74,7 +81,8 @@ class QuantizedTensor:
 
 
 def quantize_tensor(weight: np.ndarray, bits: int, scheme: str = "codebook", *, symmetric: bool = True,
-                    axis: int | None = None, energy: np.ndarray | None = None) -> QuantizedTensor:
+                    axis: int | None = None, energy: np.ndarray | None = None,
+                    entropy_weight: float = 0.0) -> QuantizedTensor:
     """Quantize the non-zero elements of ``weight`` to ``2**bits`` levels.
 
     Args:
@@ -84,23 +92,28 @@ def quantize_tensor(weight: np.ndarray, bits: int, scheme: str = "codebook", *, 
         symmetric: uniform only: symmetric window, else one fitted to the range.
         axis: quantize per output channel along this axis (``None``: per tensor).
         energy: optional per-element weights of the squared error (input energy), shaped like ``weight``.
+        entropy_weight: codebook only: the price of a bit of code length in the level assignment, in units of
+            the survivors' weighted variance times their mean weight (0: plain Lloyd-Max). Meant for
+            energy-weighted fits, where it moves low-energy survivors to common levels.
     """
     if scheme not in SCHEMES:
         raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     if not 1 <= bits <= MAX_BITS:
         raise ConfigError(f"bits must be between 1 and {MAX_BITS}, got {bits}")
     weight = np.asarray(weight, dtype=np.float32)
+    if not entropy_weight >= 0:
+        raise ConfigError(f"entropy weight must be >= 0, got {entropy_weight}")
     importance = np.ones(weight.shape) if energy is None else np.maximum(np.asarray(energy, np.float64), 1e-12)
     if scheme == "codebook":
         if axis is None:
-            return _codebook(weight, bits, importance)
+            return _codebook(weight, bits, importance, entropy_weight)
         # One table of levels for values scaled to each channel's largest magnitude, and that scale per channel:
         # every channel gets the table's resolution at its own range, for one float per channel in the file.
         moved, moved_importance = np.moveaxis(weight, axis, 0), np.moveaxis(importance, axis, 0)
         scale = np.abs(moved).reshape(len(moved), -1).max(axis=1).astype(np.float32)
         scale[scale == 0] = 1.0
         per_row = broadcast_channels(scale, moved.ndim, 0)
-        shared = _codebook(moved / per_row, bits, moved_importance * per_row**2)
+        shared = _codebook(moved / per_row, bits, moved_importance * per_row**2, entropy_weight)
         return QuantizedTensor("codebook", bits, np.moveaxis(shared.levels, 0, axis), scale=scale, axis=axis,
                                codebook=shared.codebook)
     if axis is None:
@@ -149,8 +162,8 @@ def _uniform(values: np.ndarray, importance: np.ndarray, bits: int, symmetric: b
     return k, scale, low
 
 
-def _codebook(weight: np.ndarray, bits: int, importance: np.ndarray) -> QuantizedTensor:
-    """Lloyd-Max levels for the survivors (weighted 1-D k-means)."""
+def _codebook(weight: np.ndarray, bits: int, importance: np.ndarray, entropy_weight: float = 0.0) -> QuantizedTensor:
+    """Lloyd-Max levels for the survivors (weighted 1-D k-means), entropy-constrained with an ``entropy_weight``."""
     alive = weight != 0
     levels = np.zeros(weight.shape, dtype=np.int16)
     v, w = weight[alive].astype(np.float64), importance[alive]
@@ -179,8 +192,40 @@ def _codebook(weight: np.ndarray, bits: int, importance: np.ndarray) -> Quantize
             centers = np.sort(updated)
     codebook = np.asarray(centers, dtype=np.float32)
     if len(v):
-        levels[alive] = (_nearest(v, codebook.astype(np.float64)) + 1).astype(np.int16)
+        assignment = _nearest(v, codebook.astype(np.float64))
+        if entropy_weight > 0 and len(distinct) > count:
+            codebook, assignment = _entropy_constrained(v, w, codebook.astype(np.float64), assignment, entropy_weight)
+        levels[alive] = (assignment + 1).astype(np.int16)
     return QuantizedTensor("codebook", bits, levels, codebook=codebook)
+
+
+def _entropy_constrained(v: np.ndarray, w: np.ndarray, centers: np.ndarray, assignment: np.ndarray,
+                         entropy_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's iterations with the code length in the assignment: each value takes the level, among those
+    near its nearest, minimising ``w (v - c)^2 + price * (-log2 p)``; levels move to their members' weighted
+    mean; ``p`` is each level's share. Returns the float32 codebook and the assignment."""
+    mean = np.average(v, weights=w)
+    price = entropy_weight * float(np.average((v - mean) ** 2, weights=w)) * float(np.mean(w))
+    offsets = np.arange(-_RATE_WINDOW, _RATE_WINDOW + 1)
+    for _ in range(_LLOYD_ITERATIONS):
+        share = np.bincount(assignment, minlength=len(centers)) / len(assignment)
+        length = np.where(share > 0, -np.log2(np.maximum(share, 1e-300)), np.inf)  # an empty level stays empty
+        nearest = _nearest(v, centers)
+        options = np.clip(nearest[:, None] + offsets[None, :], 0, len(centers) - 1)
+        cost = w[:, None] * (v[:, None] - centers[options]) ** 2 + price * length[options]
+        updated = options[np.arange(len(v)), cost.argmin(axis=1)]
+        totals = np.bincount(updated, weights=w, minlength=len(centers))
+        sums = np.bincount(updated, weights=w * v, minlength=len(centers))
+        centers = np.where(totals > 0, sums / np.maximum(totals, 1e-300), centers)
+        order = np.argsort(centers, kind="stable")  # members of a level need not be neighbours: re-sort
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        centers, updated = centers[order], rank[updated]
+        settled = np.array_equal(updated, assignment)
+        assignment = updated
+        if settled:
+            break
+    return centers.astype(np.float32), assignment
 
 
 def _nearest(values: np.ndarray, centers: np.ndarray) -> np.ndarray:

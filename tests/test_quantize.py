@@ -12,7 +12,7 @@ import onnx_de
 from onnx_de import ConfigError
 from onnx_de.evolution import SearchConfig
 from onnx_de.export import export_quantized
-from onnx_de.quantize import quantize
+from onnx_de.quantize import quantize, weight_energies
 from onnx_de.quantizers import quantize_tensor
 from onnx_de.sparsify import sparsify, student_model
 
@@ -21,6 +21,8 @@ from helpers import gemm_model, run
 SETTINGS = [
     ("codebook", {}),
     ("codebook", {"axis": 0}),
+    ("codebook", {"entropy_weight": 0.05}),
+    ("codebook", {"axis": 0, "entropy_weight": 0.05}),
     ("uniform", {}),
     ("uniform", {"symmetric": False}),
     ("uniform", {"axis": 0}),
@@ -79,9 +81,35 @@ def test_energy_weighted_levels_lower_the_weighted_error():
     assert np.sum(energy * (weighted - weight) ** 2) < np.sum(energy * (plain - weight) ** 2)
 
 
+def _entropy(levels: np.ndarray) -> float:
+    counts = np.unique(levels[levels != 0], return_counts=True)[1]
+    share = counts / counts.sum()
+    return float(-(share * np.log2(share)).sum())
+
+
+def test_entropy_constrained_codebooks_trade_error_for_shorter_codes(mlp):
+    weight = mlp.initializer("fc1.weight")
+    weight = np.where(np.abs(weight) > np.quantile(np.abs(weight), 0.9), weight, 0).astype(np.float32)  # 90% zeros
+    energy = weight_energies(mlp, onnx_de.load_data("zoo:mnist-mlp", mlp, limit=256))["fc1.weight"]
+    plain = quantize_tensor(weight, 4, "codebook", energy=energy)
+    constrained = quantize_tensor(weight, 4, "codebook", energy=energy, entropy_weight=0.03)
+    assert np.array_equal(constrained.levels != 0, weight != 0)  # the mask is kept: zeros zero, survivors alive
+    assert np.all(np.diff(constrained.codebook) >= 0)  # the table stays sorted
+    assert _entropy(constrained.levels) < _entropy(plain.levels) - 0.2  # bits per survivor, order 0
+    plain_error, constrained_error = (float(np.sum(energy * (q.dequantize() - weight) ** 2))
+                                      for q in (plain, constrained))
+    assert plain_error < constrained_error  # the price: more output-weighted error
+    again = quantize_tensor(weight, 4, "codebook", energy=energy, entropy_weight=0.03)
+    assert np.array_equal(again.levels, constrained.levels) and np.array_equal(again.codebook, constrained.codebook)
+
+
 def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="bits must be between 1 and 8"):
         quantize_tensor(np.ones((4, 4), np.float32), 9)
+    with pytest.raises(ConfigError, match="entropy weight must be >= 0"):
+        quantize_tensor(np.ones((4, 4), np.float32), 4, entropy_weight=-1)
+    with pytest.raises(ConfigError, match="codebooks only"):
+        quantize("zoo:mnist-mlp", "zoo:mnist-mlp", bits=4, scheme="uniform", entropy_weight=0.03)
     with pytest.raises(ConfigError, match="scheme must be one of"):
         quantize_tensor(np.ones((4, 4), np.float32), 4, "lattice")
 
