@@ -52,8 +52,8 @@ def test_zeros_stay_zero_survivors_stay_alive_and_levels_are_bounded(seed, bits,
         assert len(np.unique(row[row != 0])) <= 2**bits
 
 
-@pytest.mark.parametrize("scheme, options", SETTINGS)
-def test_more_bits_give_smaller_errors(scheme, options):
+@pytest.mark.parametrize("scheme, options", [s for s in SETTINGS if "entropy_weight" not in s[1]])
+def test_more_bits_give_smaller_errors(scheme, options):  # an entropy price trades error away on purpose
     rng = np.random.default_rng(1)
     weight = rng.normal(size=(64, 128)).astype(np.float32)
     weight[rng.random(weight.shape) < 0.8] = 0
