@@ -178,10 +178,6 @@ class RayScorerPool:
         self._get(actor.refresh.remote(changes, self._layers), timeout=self._start_timeout)
         return actor
 
-    def pids(self) -> list[int]:
-        """The process id of each actor (to watch or stop a worker)."""
-        return self._get([actor.pid.remote() for actor in self.actors])
-
     def commit(self, name: str, indices: np.ndarray) -> None:
         """Zero weights for good on the driver; the actors receive them with the next refresh."""
         self.local.commit(name, indices)

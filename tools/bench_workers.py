@@ -1,5 +1,6 @@
-"""Parallel scoring: one Scorer using every core per operator or one thread, a ScorerPool of single-threaded replicas in threads,
-and Ray actors (1 to ``--workers``, one thread each) on a local Ray instance started once for the run.
+"""Parallel scoring: one Scorer using every core per operator or one thread, a ScorerPool of single-threaded
+replicas in threads, and Ray actors (1 to ``--workers``, one thread each) on a local Ray instance started once
+for the run.
 
 Each scores the same generations (a refresh and 16 candidates each) after the same untimed warm-up; the
 table gives candidates per second and the ratio of each to the single Scorer.
