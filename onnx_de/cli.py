@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", choices=METHODS, default="de", help="de, or a baseline (default %(default)s)")
     sp.add_argument("--prior", choices=PRIORS, default=SearchConfig.prior, help="candidate draws (default %(default)s)")
     sp.add_argument("--population", type=int, default=SearchConfig.population)
+    sp.add_argument("--pool", type=float, default=SearchConfig.pool,
+                    help="draw a candidate's k weights from the pool x k least salient (default %(default)s)")
     sp.add_argument("--survivors", type=int, default=SearchConfig.survivors)
     sp.add_argument("--seed", type=int, default=SearchConfig.seed)
     sp.add_argument("--budget", type=float, metavar="MIN",
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "data falls below MIN, e.g. 0.98 top-1 agreement")
     _add_executor(sp)
     sp.add_argument("--no-compensate", action="store_true", help="skip the least-squares refit of survivors")
+    sp.add_argument("--refits", type=int, default=SearchConfig.refits, metavar="N",
+                    help="also refit the survivors N times during the search, evenly spaced (default %(default)s)")
     sp.add_argument("--mask-candidates", type=_mask_candidates, default=tuple(MASK_CANDIDATES), metavar="LIST",
                     help="DE + compensation: also refit each layer from these masks at DE's per-layer sparsity and "
                          "keep the best (comma-separated among %s; 'none' for DE's own; default all)"
@@ -120,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc = commands.add_parser("encode", help="write a model as a compact container (.ode), losslessly")
     enc.add_argument("model", help="an .onnx file (a quantized export, typically) or zoo:NAME")
     enc.add_argument("-o", "--output", type=Path, required=True, help="the .ode container")
+    enc.add_argument("--fast-decode", action="store_true",
+                     help="zstd only (packed masks, raw values, no rANS): a few %% larger, decodes several "
+                          "times faster")
     enc.add_argument("--json", action="store_true", help="print the container's inspection as JSON")
 
     dec = commands.add_parser("decode", help="restore the ONNX model of a container (.ode)")
@@ -149,9 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int)
     opt.add_argument("--prior", choices=PRIORS, help=f"candidate draws (default {SearchConfig.prior})")
     opt.add_argument("--population", type=int, help=f"candidates per generation (default {SearchConfig.population})")
+    opt.add_argument("--pool", type=float, help=f"candidate draw pool, x k (default {SearchConfig.pool})")
     opt.add_argument("--survivors", type=int, help=f"candidates kept per generation (default {SearchConfig.survivors})")
     opt.add_argument("--no-compensate", dest="compensate", action="store_false", default=None,
                      help="skip the least-squares refit of survivors")
+    opt.add_argument("--fast-decode", action="store_true", default=None,
+                     help="a container that decodes at zstd's speed, a little larger")
+    opt.add_argument("--refits", type=int, metavar="N",
+                     help=f"also refit the survivors N times during the search (default {SearchConfig.refits})")
     opt.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     opt.add_argument("--resume", action="store_true", help="continue an interrupted search in OUTPUT")
     opt.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
@@ -313,7 +325,7 @@ def format_container(summary: dict) -> str:
 
 def _encode(args: argparse.Namespace) -> int:
     source = zoo_path(args.model.removeprefix("zoo:")) if args.model.startswith("zoo:") else args.model
-    payload = encode(source, args.output)
+    payload = encode(source, args.output, fast_decode=args.fast_decode)
     if args.json:
         _print_json(inspect_container(payload))
         return 0
@@ -401,8 +413,9 @@ def _datasets(args: argparse.Namespace, default_split: str = "calibration"):
 
 def _sparsify(args: argparse.Namespace) -> int:
     per_layer = {k: v for mapping in (args.per_layer or []) for k, v in mapping.items()}
-    config = SearchConfig(sparsity=args.sparsity, per_layer=per_layer, population=args.population,
-                          survivors=args.survivors, prior=args.prior, seed=args.seed, budget=args.budget)
+    config = SearchConfig(sparsity=args.sparsity, per_layer=per_layer, population=args.population, pool=args.pool,
+                          survivors=args.survivors, prior=args.prior, seed=args.seed, budget=args.budget,
+                          refits=args.refits)
     selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
     checkpoint = args.checkpoint or args.output.with_name(args.output.name + ".checkpoint.npz")
     data, eval_data = _datasets(args)
@@ -459,11 +472,13 @@ def _optimize(args: argparse.Namespace) -> int:
     per_layer = {k: {"sparsity": v} for mapping in (args.per_layer or []) for k, v in mapping.items()}
     settings = {"sparsity": args.sparsity, "bits": args.bits, "budget": args.budget, "scheme": args.scheme,
                 "per_channel": args.per_channel, "seed": args.seed, "prior": args.prior,
-                "population": args.population, "survivors": args.survivors, "compensate": args.compensate,
+                "population": args.population, "pool": args.pool, "survivors": args.survivors,
+                "compensate": args.compensate,
                 "include": args.include or None, "exclude": args.exclude or None, "min_size": args.min_size,
                 "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None,
                 "workers": args.workers, "executor": args.executor, "device": args.device,
-                "entropy_weight": args.entropy_weight}
+                "entropy_weight": args.entropy_weight, "refits": args.refits,
+                "fast_decode": args.fast_decode}
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})
         settings = {}

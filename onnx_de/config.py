@@ -57,8 +57,9 @@ class OptimizeConfig:
         per_channel: a scale or codebook per output channel (default: per channel for uniform, per tensor for
             codebooks).
         seed: random seed of the search.
-        population, survivors, prior: Directed-Evolution settings (see :class:`~onnx_de.SearchConfig`).
+        population, survivors, prior, pool: Directed-Evolution settings (see :class:`~onnx_de.SearchConfig`).
         compensate: refit surviving weights by least squares after the search.
+        refits: with ``compensate``, also refit them this many times during the search, evenly spaced.
         layers: per-layer overrides keyed by exact name or ``re:PATTERN``.
         include, exclude, min_size: which weights are prunable (see :class:`~onnx_de.WeightSelection`).
         calibration_samples: use at most this many calibration samples.
@@ -68,6 +69,7 @@ class OptimizeConfig:
         device: where the search scores candidates: ``auto``, ``cpu`` or ``cuda``.
         entropy_weight: codebooks: the level fit's trade of error for code length (0: plain Lloyd-Max); see
             :func:`~onnx_de.quantize`.
+        fast_decode: write a container that decodes at zstd's speed, a little larger (see :func:`~onnx_de.encode`).
     """
 
     sparsity: float | None = None
@@ -77,9 +79,11 @@ class OptimizeConfig:
     per_channel: bool | None = None
     seed: int = 0
     population: int = SearchConfig.population
+    pool: float = SearchConfig.pool
     survivors: int = SearchConfig.survivors
     prior: str = SearchConfig.prior
     compensate: bool = True
+    refits: int = SearchConfig.refits
     layers: dict[str, LayerOverride] = field(default_factory=dict)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -90,6 +94,7 @@ class OptimizeConfig:
     executor: str = "local"
     device: str = "auto"
     entropy_weight: float = 0.0
+    fast_decode: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -115,6 +120,8 @@ class OptimizeConfig:
         parse_executor(self.executor, self.workers)
         if self.scheme != "codebook" and self.entropy_weight:
             raise ConfigError("entropy_weight applies to codebooks only (scheme = \"codebook\")")
+        if self.refits and not self.compensate:
+            raise ConfigError("refits need compensation (compensate = true)")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         self.search()  # validates the search settings
@@ -126,14 +133,15 @@ class OptimizeConfig:
             "sparsity": lambda v: v is None or number(v), "budget": lambda v: v is None or number(v),
             "bits": lambda v: v is None or v == "auto" or is_int(v), "scheme": lambda v: isinstance(v, str),
             "per_channel": lambda v: v is None or isinstance(v, bool), "seed": is_int, "population": is_int,
+            "pool": lambda v: number(v) and v >= 1,
             "survivors": is_int, "prior": lambda v: isinstance(v, str), "compensate": lambda v: isinstance(v, bool),
-            "layers": lambda v: isinstance(v, dict),
+            "refits": lambda v: is_int(v) and v >= 0, "layers": lambda v: isinstance(v, dict),
             "include": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "exclude": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "min_size": is_int, "calibration_samples": lambda v: v is None or (is_int(v) and v > 0),
             "threads": lambda v: v is None or (is_int(v) and v > 0), "workers": is_int,
             "executor": lambda v: isinstance(v, str), "device": lambda v: isinstance(v, str),
-            "entropy_weight": lambda v: number(v) and v >= 0,
+            "entropy_weight": lambda v: number(v) and v >= 0, "fast_decode": lambda v: isinstance(v, bool),
         }
         for key, valid in checks.items():
             if not valid(getattr(self, key)):
@@ -151,7 +159,8 @@ class OptimizeConfig:
         if per_layer:  # the layers no override names keep the global target
             per_layer["re:.*"] = target if target is not None else 0.0
         return SearchConfig(sparsity=target if target is not None else SearchConfig.sparsity, per_layer=per_layer,
-                            population=self.population, survivors=self.survivors, prior=self.prior, seed=self.seed,
+                            population=self.population, survivors=self.survivors, prior=self.prior, pool=self.pool,
+                            seed=self.seed, refits=self.refits,
                             budget=self.budget if sparsity is None and self.sparsity is not None else None)
 
     def layer_bits(self) -> dict[str, int]:

@@ -7,7 +7,9 @@ candidate is scored by the :class:`~onnx_de.scoring.Scorer` with its weights ten
 layers compete, so the per-layer sparsity falls out of the selection; with per-layer targets, only layers below
 their target are drawn. ``k`` adapts: it is a fraction of what remains to remove, halved when a generation's
 damage jumps and regrown while damage stays flat. With a fidelity budget, a generation that takes the primary
-metric on the calibration set below it is rolled back and the search stops there.
+metric on the calibration set below it is rolled back and the search stops there. With ``refits``, the
+surviving weights are refit by least squares at evenly spaced points on the way to the target, so that later
+candidates are scored, and selected, against weights that already compensate for the earlier zeros.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +34,8 @@ __all__ = ["SearchConfig", "SearchState", "evolve", "PRIORS"]
 log = logging.getLogger(__name__)
 
 PRIORS = ("uniform", "magnitude", "activation", "hessian")
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # version 2 predates refits: it has none
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class SearchConfig:
         checkpoint_every: generations between checkpoints.
         budget: the lowest primary fidelity metric (top-1 agreement, mask IoU, ...) on the calibration set the
             search may reach; the generation that would go below it is undone and the search stops.
+        refits: interim least-squares refits of the surviving weights, evenly spaced in zeros on the way to
+            the target (0: the refit, if any, comes only after the search).
     """
 
     sparsity: float = 0.9
@@ -69,6 +75,7 @@ class SearchConfig:
     seed: int = 0
     checkpoint_every: int = 10
     budget: float | None = None
+    refits: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.sparsity < 1:
@@ -84,6 +91,8 @@ class SearchConfig:
             raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
         if not 0 < self.step <= 1 or not 0 < self.layer_step <= 1 or self.min_k < 1 or self.pool < 1:
             raise ConfigError("step and layer_step must be in (0, 1], min_k >= 1 and pool >= 1")
+        if self.refits < 0:
+            raise ConfigError(f"refits must be >= 0, got {self.refits}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,8 +100,9 @@ class SearchConfig:
 
 @dataclass
 class SearchState:
-    """Everything needed to continue a search: masks (True = alive), RNG, step scale, history, and why it
-    stopped (``None`` while it runs; ``target``, ``budget`` or ``caps``)."""
+    """Everything needed to continue a search: masks (True = alive), RNG, step scale, history, why it
+    stopped (``None`` while it runs; ``target``, ``budget`` or ``caps``), and the interim refits done so far
+    with the weights they left (``None`` before the first)."""
 
     masks: dict[str, np.ndarray]
     rng: np.random.Generator
@@ -100,6 +110,8 @@ class SearchState:
     scale: float = 1.0
     trajectory: list[dict] = field(default_factory=list)
     stopped: str | None = None
+    refits: int = 0
+    weights: dict[str, np.ndarray] | None = None
 
     def zeros(self) -> int:
         return int(sum(m.size - np.count_nonzero(m) for m in self.masks.values()))
@@ -126,6 +138,7 @@ def evolve(
     checkpoint: Path | None = None,
     resume: bool = False,
     progress=None,
+    refit: Callable[[dict[str, np.ndarray]], object] | None = None,
 ) -> SearchState:
     """Run the DE search on ``scorer.weights`` (edited in place: pruned weights end at exactly zero).
 
@@ -137,6 +150,8 @@ def evolve(
         checkpoint: a file where the state is written atomically every ``config.checkpoint_every`` generations.
         resume: continue from ``checkpoint`` when it exists.
         progress: called with each generation's trajectory record.
+        refit: refits ``scorer.weights`` in place for the given masks (zeros stay zero); called
+            ``config.refits`` times, evenly spaced on the way to the target. Required when ``config.refits``.
 
     Returns:
         The final :class:`SearchState`.
@@ -144,6 +159,9 @@ def evolve(
     sizes = {name: w.size for name, w in scorer.weights.items()}
     targets = layer_targets(sizes, config)
     goal = int(round(config.sparsity * sum(sizes.values()))) if not config.per_layer else sum(targets.values())
+    if config.refits and refit is None:
+        raise ConfigError("interim refits need the least-squares refit (compensation)")
+    milestones = [goal * (i + 1) // (config.refits + 1) for i in range(config.refits)]
     state = _initial_state(scorer, config, checkpoint if resume else None)
     while state.stopped is None:
         if state.zeros() >= goal:
@@ -198,13 +216,20 @@ def evolve(
         }
         if metric is not None:
             record["calibration_" + scorer.spec.primary] = metric
+        if state.refits < len(milestones) and state.zeros() >= milestones[state.refits]:
+            refit(state.masks)
+            state.refits += 1
+            state.weights = {name: w.copy() for name, w in scorer.weights.items()}
+            record["refit_divergence"] = scorer.divergence()
+            log.info("generation %d: refit %d of %d at sparsity %.4f, divergence %.4g -> %.4g", state.generation,
+                     state.refits, len(milestones), record["sparsity"], current, record["refit_divergence"])
         state.trajectory.append(record)
         if progress:
             progress(record)
         if state.generation % 10 == 0:
             log.info("generation %d: sparsity %.4f, divergence %.4g, %.0f candidates/s", state.generation,
                      record["sparsity"], current, record["candidates_per_s"])
-        if checkpoint and state.generation % config.checkpoint_every == 0:
+        if checkpoint and (state.generation % config.checkpoint_every == 0 or "refit_divergence" in record):
             save_checkpoint(checkpoint, state, config)
     if checkpoint:
         save_checkpoint(checkpoint, state, config)
@@ -215,6 +240,8 @@ def _initial_state(scorer: Scorer, config: SearchConfig, checkpoint: Path | None
     if checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint, config, {n: w.shape for n, w in scorer.weights.items()})
         for name, mask in state.masks.items():
+            if state.weights is not None:  # the last interim refit's weights, then the zeros since
+                scorer.weights[name][...] = state.weights[name]
             scorer.weights[name][~mask] = 0
         log.info("resumed from %s at generation %d", checkpoint, state.generation)
         return state
@@ -268,7 +295,7 @@ def _adapt(scale: float, per_weight: float, recent: list[float]) -> float:
 
 
 def save_checkpoint(path: Path, state: SearchState, config: SearchConfig) -> None:
-    """Write the search state atomically (masks bit-packed, RNG state, history, config)."""
+    """Write the search state atomically (masks bit-packed, RNG state, history, config, refit weights)."""
     meta = {
         "version": CHECKPOINT_VERSION,
         "config": config.to_dict(),
@@ -277,9 +304,12 @@ def save_checkpoint(path: Path, state: SearchState, config: SearchConfig) -> Non
         "rng": state.rng.bit_generator.state,
         "trajectory": state.trajectory,
         "stopped": state.stopped,
+        "refits": state.refits,
         "shapes": {n: list(m.shape) for n, m in state.masks.items()},
     }
     arrays = {f"mask/{n}": np.packbits(m.reshape(-1)) for n, m in state.masks.items()}
+    if state.weights is not None:
+        arrays.update({f"weight/{n}": w for n, w in state.weights.items()})
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     atomic_write_bytes(path, buffer.getvalue())
@@ -291,18 +321,23 @@ def load_checkpoint(path: Path, config: SearchConfig, shapes: dict[str, tuple]) 
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes())
             packed = {key[5:]: archive[key] for key in archive.files if key.startswith("mask/")}
+            weights = {key[7:]: archive[key] for key in archive.files if key.startswith("weight/")} or None
     except (OSError, ValueError, KeyError) as e:
         raise OnnxDeError(f"{path}: not a readable onnx-de checkpoint: {e}") from e
-    if meta.get("version") != CHECKPOINT_VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise OnnxDeError(f"{path}: checkpoint version {meta.get('version')} is not {CHECKPOINT_VERSION}")
-    if meta["config"] != json.loads(json.dumps(config.to_dict())):
+    settings = {"refits": 0, **meta["config"]}  # version 2 had no refits setting
+    if settings != json.loads(json.dumps(config.to_dict())):
         raise ConfigError(f"{path}: the checkpoint was written with other settings; resume with the same ones")
     if {n: tuple(s) for n, s in meta["shapes"].items()} != {n: tuple(s) for n, s in shapes.items()}:
         raise ConfigError(f"{path}: the checkpoint is for other weights")
+    if weights is not None and {n: w.shape for n, w in weights.items()} != {n: tuple(s) for n, s in shapes.items()}:
+        raise OnnxDeError(f"{path}: the checkpoint's refit weights do not match its masks")
     masks = {
         name: np.unpackbits(packed[name], count=int(np.prod(shape))).astype(bool).reshape(shape)
         for name, shape in shapes.items()
     }
     rng = np.random.default_rng()
     rng.bit_generator.state = meta["rng"]
-    return SearchState(masks, rng, meta["generation"], meta["scale"], meta["trajectory"], meta["stopped"])
+    return SearchState(masks, rng, meta["generation"], meta["scale"], meta["trajectory"], meta["stopped"],
+                       meta.get("refits", 0), weights)

@@ -144,7 +144,7 @@ def optimize(
 
     started = time.perf_counter()
     exported = quantized.student.serialized()
-    container = encode(quantized.student)
+    container = encode(quantized.student, fast_decode=config.fast_decode)
     seconds["encode"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -199,7 +199,7 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                                  selection=config.selection, eval_data=check, intra_op_threads=config.threads,
                                  layer_bits=config.layer_bits(), metric=spec, energies=energies,
                                  entropy_weight=config.entropy_weight)
-            size = len(encode(quantized.student))
+            size = len(encode(quantized.student, fast_decode=config.fast_decode))
             metric = quantized.fidelity[quantized.fidelity["primary"]]
             tried.append({"sparsity": level, "bits": width, "container": size, "held_out_metric": metric,
                           "kept": metric >= config.budget})

@@ -132,6 +132,8 @@ def sparsify(
     parse_executor(executor, workers)
     device = resolve_device(device)
     config = config or SearchConfig()
+    if config.refits and (method != "de" or not compensate):
+        raise ConfigError("interim refits (refits > 0) belong to the DE search with compensation")
     started = time.perf_counter()
     teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
     calibration = load_data(data, teacher, split="calibration", limit=calibration_samples)
@@ -149,7 +151,8 @@ def sparsify(
         stopped = None
         if method == "de":
             state = evolve(scorer, config, importance, checkpoint=Path(checkpoint) if checkpoint else None,
-                           resume=resume, progress=progress)
+                           resume=resume, progress=progress,
+                           refit=lambda current: compensate_layers(scorer, probe, current))
             masks, trajectory, stopped = state.masks, state.trajectory, state.stopped
         else:
             masks = prune_by_saliency(importance, config)

@@ -71,7 +71,7 @@ def test_optimize_with_a_config_file_and_an_override(tmp_path):
     (tmp_path / "c.toml").write_text("sparsity = 0.8\nbits = 6\n[layers]\n'fc3.weight' = { bits = 8 }\n")
     done = cli("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", str(tmp_path / "out"),
                "--config", str(tmp_path / "c.toml"), "--bits", "5", "--exclude", "fc2.weight", "--no-compensate",
-               "--prior", "activation", "--json")
+               "--prior", "activation", "--fast-decode", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["config"]["bits"] == 5 and report["layers"]["fc3.weight"]["bits"] == 8
@@ -79,6 +79,9 @@ def test_optimize_with_a_config_file_and_an_override(tmp_path):
     assert report["config"]["compensate"] is False and report["config"]["prior"] == "activation"
     assert report["layers"]["fc1.weight"]["bits"] == 5 and report["sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert (tmp_path / "out" / "model.ode").stat().st_size == report["sizes"]["container"]
+    assert report["config"]["fast_decode"] is True
+    container = onnx_de.inspect_container(tmp_path / "out" / "model.ode")
+    assert all(t["values"] == "raw" for t in container["tensors"])
 
 
 def test_quantize_writes_a_model_with_integer_weights(tmp_path):
@@ -152,6 +155,10 @@ def bad_inputs(tmp_path_factory):
         (("zoo", "path", "yolov3"), "no zoo model 'yolov3'"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--budget", "1.5"),
          "budget must be in (0, 1]"),
+        (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--refits", "2",
+          "--no-compensate"), "interim refits (refits > 0) belong to the DE search with compensation"),
+        (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--refits", "-1"),
+         "refits must be >= 0"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--workers", "0"),
          "workers must be >= 1"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--executor", "threads"),
@@ -193,6 +200,10 @@ def test_encode_inspect_decode_round_trip(tmp_path):
     assert summary["bytes"] == (tmp_path / "student.ode").stat().st_size
     assert {t["name"] for t in summary["tensors"]} >= {"fc1.weight.indices", "fc2.weight.indices"}
     assert "order-0 bound" in cli("inspect", str(tmp_path / "student.ode")).stdout
+    done = cli("encode", str(tmp_path / "student.onnx"), "-o", str(tmp_path / "fast.ode"), "--fast-decode", "--json")
+    assert done.returncode == 0, done.stderr
+    assert {(t["mask"], t["values"]) for t in json.loads(done.stdout)["tensors"]} <= {("packed", "raw"), (None, "raw")}
+    assert cli("decode", str(tmp_path / "fast.ode"), "-o", str(tmp_path / "fast.onnx")).returncode == 0
     assert cli("decode", str(tmp_path / "student.ode"), "-o", str(tmp_path / "dense.onnx")).returncode == 0
     done = cli("eval", "zoo:mnist-mlp", str(tmp_path / "dense.onnx"), "--data", "zoo:mnist-mlp", "--json")
     assert json.loads(done.stdout)["top1_agreement"] >= 0.98  # the DE 90% 4-bit student, decoded

@@ -133,6 +133,18 @@ def test_quantized_zoo_models_round_trip_exactly_and_decode_to_the_same_outputs(
     assert len(payload) < 0.45 * len(exported.SerializeToString())
 
 
+@pytest.mark.parametrize("name", ["mnist-lenet5", "ppocr-cls"])
+def test_fast_decode_containers_use_zstd_alone_round_trip_exactly_and_stay_near_the_smallest(name):
+    _, exported = quantized_export(name, "codebook", {})
+    smallest, fast = onnx_de.encode(exported), onnx_de.encode(exported, fast_decode=True)
+    assert_same_model(exported, onnx_de.decode(fast, dense=False))
+    assert_same_model(onnx_de.decode(smallest), onnx_de.decode(fast))
+    tensors = onnx_de.inspect_container(fast)["tensors"]
+    assert tensors and all(t["mask"] in (None, "packed") and t["values"] == "raw" for t in tensors)
+    assert any(t["mask"] == "packed" for t in tensors)
+    assert len(smallest) <= len(fast) <= 1.1 * len(smallest)
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend", "test",
                                                                 "data", "**", "model.onnx"), recursive=True)),
                          ids=lambda p: Path(p).parent.name)
@@ -162,7 +174,7 @@ def test_dense_float_models_round_trip_bit_exactly():
     assert_same_model(model, onnx_de.decode(onnx_de.encode(model), dense=False))
 
 
-def test_every_record_kind_round_trips_including_negative_zero_and_nan(small):
+def test_every_record_kind_round_trips_including_negative_zero_and_nan_also_for_fast_decoding(small):
     model, payload = small
     assert_same_model(model, onnx_de.decode(payload, dense=False))
     summary = onnx_de.inspect_container(payload)
@@ -176,6 +188,9 @@ def test_every_record_kind_round_trips_including_negative_zero_and_nan(small):
     assert {n.op_type for n in dense.graph.node} == {"MatMul", "Gemm"}
     np.testing.assert_array_equal(onnx_de.InferenceSession(payload).run(None, {"x": x})[0],
                                   onnx_de.InferenceSession(payload, dense=False).run(None, {"x": x})[0])
+    fast = onnx_de.encode(model, fast_decode=True)
+    assert_same_model(model, onnx_de.decode(fast, dense=False))
+    assert_same_model(dense, onnx_de.decode(fast))
 
 
 def test_symbol_and_mask_streams_are_near_their_order0_bound():
@@ -325,8 +340,11 @@ def test_malformed_index_records_are_format_errors(small):
                                                                             HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_containers_raise_only_format_errors(small, data):
-    """Random damage to the raw bytes, and crafted damage behind valid checksums, in every section."""
-    _, payload = small
+    """Random damage to the raw bytes, and crafted damage behind valid checksums, in every section, of a
+    smallest and of a fast-decoding container."""
+    model, payload = small
+    if data.draw(st.booleans()):
+        payload = onnx_de.encode(model, fast_decode=True)
     sections = read_sections(payload)
     kind = data.draw(st.sampled_from(["bytes", "section"]))
     if kind == "bytes":

@@ -60,6 +60,9 @@ def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
     ("sparsity = 0.9\ncompensate = 1\n", "config key 'compensate'"),
     ("sparsity = 0.9\n[layers]\n'fc1.weight' = { sparsity = 'half' }\n", "layers.fc1.weight.sparsity"),
     ("sparsity = 0.9\nlayers = 3\n", "config key 'layers'"),
+    ("sparsity = 0.9\nrefits = 2\ncompensate = false\n", "refits need compensation"),
+    ("sparsity = 0.9\npool = 0.5\n", "config key 'pool'"),
+    ("sparsity = 0.9\nfast_decode = 'yes'\n", "config key 'fast_decode'"),
 ])
 def test_bad_configs_name_what_is_wrong(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

@@ -112,11 +112,45 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
     assert all(np.array_equal(expected[n], resumed[n]) for n in names)
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def test_interim_refits_resume_to_the_same_masks_and_weights(tmp_path):
+    config = SearchConfig(sparsity=0.9, refits=3, checkpoint_every=1000)
+    options = dict(config=config, calibration_samples=256, eval_data=None, mask_candidates=())
+    reference = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", **options)
+    refits = [r for r in reference.trajectory if "refit_divergence" in r]
+    assert len(refits) == 3 and all(r["refit_divergence"] <= r["divergence"] for r in refits)
+
+    def stop_after_first_refit(record):
+        if record["generation"] == refits[0]["generation"] + 1:  # the refit's checkpoint is written; stop
+            raise _Interrupt
+
+    checkpoint = tmp_path / "state.npz"
+    with pytest.raises(_Interrupt):
+        sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", checkpoint=checkpoint, progress=stop_after_first_refit, **options)
+    assert checkpoint.exists()
+    resumed = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", checkpoint=checkpoint, resume=True, **options)
+
+    def untimed(trajectory):
+        return [{k: v for k, v in r.items() if k != "candidates_per_s"} for r in trajectory]
+
+    assert untimed(resumed.trajectory) == untimed(reference.trajectory)
+    for name, mask in reference.masks.items():
+        assert np.array_equal(resumed.masks[name], mask)
+        assert np.array_equal(resumed.student.initializer(name), reference.student.initializer(name))
+    with pytest.raises(ConfigError, match="refits"):
+        sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", compensate=False, **options)
+
+
 def test_bad_targets_are_config_errors():
     with pytest.raises(ConfigError, match="sparsity"):
         SearchConfig(sparsity=1.2)
     with pytest.raises(ConfigError, match="prior"):
         SearchConfig(prior="oracle")
+    with pytest.raises(ConfigError, match="refits"):
+        SearchConfig(refits=-1)
     with pytest.raises(ConfigError, match="no per-layer target matches"):
         sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(per_layer={"conv9": 0.5}))
 

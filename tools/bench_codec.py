@@ -65,11 +65,14 @@ def measure(label: str, model: onnx.ModelProto, fp32_bytes: int, repeats: int) -
     encode_s = time.perf_counter() - start
     decode_s = median_seconds(lambda: onnx_de.decode(payload, dense=False), repeats)
     restored = {t.name: numpy_helper.to_array(t) for t in onnx_de.decode(payload, dense=False).graph.initializer}
+    fast = onnx_de.encode(model, fast_decode=True)
+    restored_fast = {t.name: numpy_helper.to_array(t) for t in onnx_de.decode(fast, dense=False).graph.initializer}
     for tensor in model.graph.initializer:
         assert numpy_helper.to_array(tensor).tobytes() == restored[tensor.name].tobytes(), tensor.name
-    row = {"label": label, "fp32": fp32_bytes, "onnx": len(serialized), "ode": len(payload), "encode_s": encode_s,
-           "decode_s": decode_s, "mask": 0, "mask_bound": 0.0, "mask_zstd": 0, "symbols": 0, "symbols_bound": 0.0,
-           "symbols_zstd": 0, "tables": 0, "raw": 0, "elements": 0}
+        assert numpy_helper.to_array(tensor).tobytes() == restored_fast[tensor.name].tobytes(), tensor.name
+    row = {"label": label, "fp32": fp32_bytes, "onnx": len(serialized), "ode": len(payload), "ode_fast": len(fast),
+           "encode_s": encode_s, "decode_s": decode_s, "mask": 0, "mask_bound": 0.0, "mask_zstd": 0, "symbols": 0,
+           "symbols_bound": 0.0, "symbols_zstd": 0, "tables": 0, "raw": 0, "elements": 0}
     container = read_container(payload)
     for record, array, mask in container.tensors():
         streams = record["streams"]
@@ -92,18 +95,23 @@ def measure(label: str, model: onnx.ModelProto, fp32_bytes: int, repeats: int) -
     return row
 
 
-def session_rows(name: str, student: onnx.ModelProto, repeats: int, folder: Path) -> str:
-    """Open times: fp32 .onnx from disk versus InferenceSession(.ode) from disk, side by side."""
+def session_rows(name: str, student: onnx.ModelProto, repeats: int, folder: Path) -> list[str]:
+    """Open times: fp32 .onnx from disk versus InferenceSession(.ode) from disk, for the smallest and the
+    fast-decoding container, side by side (each container timed right after the fp32 file)."""
     fp32 = onnx_de.zoo_path(name)
-    ode = folder / f"{name}.ode"
-    onnx_de.encode(student, ode)
     options = dict(providers=["CPUExecutionProvider"])
-    plain = median_seconds(lambda: ort.InferenceSession(str(fp32), **options), repeats)
-    decoded = median_seconds(lambda: onnx_de.decode(ode), repeats)
-    from_ode = median_seconds(lambda: onnx_de.InferenceSession(ode, **options), repeats)
-    elements = sum(int(np.prod(t.dims)) for t in onnx_de.decode(ode).graph.initializer)
-    return (f"| {name} | {ode.stat().st_size:,} | {plain * 1000:.0f} | {decoded * 1000:.0f} | {from_ode * 1000:.0f} "
-            f"| {from_ode / plain:.2f}x | {elements / decoded / 1e6:.1f} M/s |")
+    rows = []
+    for fast in (False, True):
+        ode = folder / f"{name}{'-fast' if fast else ''}.ode"
+        onnx_de.encode(student, ode, fast_decode=fast)
+        plain = median_seconds(lambda: ort.InferenceSession(str(fp32), **options), repeats)
+        decoded = median_seconds(lambda: onnx_de.decode(ode), repeats)
+        from_ode = median_seconds(lambda: onnx_de.InferenceSession(ode, **options), repeats)
+        elements = sum(int(np.prod(t.dims)) for t in onnx_de.decode(ode).graph.initializer)
+        rows.append(f"| {name} | {'fast decode' if fast else 'smallest'} | {ode.stat().st_size:,} | "
+                    f"{plain * 1000:.0f} | {decoded * 1000:.0f} | {from_ode * 1000:.0f} | {from_ode / plain:.2f}x | "
+                    f"{elements / decoded / 1e6:.1f} M/s |")
+    return rows
 
 
 def main() -> None:
@@ -131,10 +139,11 @@ def main() -> None:
                               f"{dense['fp32'] / dense['ode']:.2f}x | {dense['encode_s']:.1f} | "
                               f"{dense['decode_s'] * 1000:.0f} |")
             if target in args.session:
-                session_lines.append(session_rows(target, student, args.repeats, Path(folder)))
+                session_lines.extend(session_rows(target, student, args.repeats, Path(folder)))
     print("| model | .onnx fp32 | .onnx quantized | .ode | ratio to fp32 | masks (order-0 bound, zstd-19) "
-          "| symbols (order-0 bound, zstd-19) | .ode / (graph + tables + bounds + raw) | encode s | decode ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| symbols (order-0 bound, zstd-19) | .ode / (graph + tables + bounds + raw) | encode s | decode ms "
+          "| fast-decode .ode |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['fp32'] / r['ode']:.1f}x" if r["fp32"] else "-"
         fp32 = f"{r['fp32']:,}" if r["fp32"] else "-"
@@ -142,15 +151,16 @@ def main() -> None:
               f"{r['mask']:,} ({r['mask'] / max(r['mask_bound'], 1):.3f} of {r['mask_bound']:,.0f}, "
               f"zstd {r['mask_zstd']:,}) | {r['symbols']:,} ({r['symbols'] / max(r['symbols_bound'], 1):.4f} of "
               f"{r['symbols_bound']:,.0f}, zstd {r['symbols_zstd']:,}) | {r['ode'] / r['reference']:.3f} | "
-              f"{r['encode_s']:.1f} | {r['decode_s'] * 1000:.0f} |")
+              f"{r['encode_s']:.1f} | {r['decode_s'] * 1000:.0f} | "
+              f"{r['ode_fast']:,} ({r['ode_fast'] / r['ode']:.3f}x) |")
     if dense_rows:
         print("\n| model (lossless) | .onnx fp32 | zstd-19 of the file | .ode | ratio | encode s | decode ms |")
         print("|---|---|---|---|---|---|---|")
         print("\n".join(dense_rows))
     if session_lines:
-        print("\n| model | .ode bytes | open fp32 .onnx ms | decode(.ode) ms | InferenceSession(.ode) ms "
+        print("\n| model | container | .ode bytes | open fp32 .onnx ms | decode(.ode) ms | InferenceSession(.ode) ms "
               "| .ode / fp32 | decoded weights/s |")
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         print("\n".join(session_lines))
     print(f"\nframes: zstd level {frames.ZSTD_LEVEL}; onnx-de {onnx_de.__version__}, onnxruntime {ort.__version__}, "
           f"zstandard {zstandard.__version__}")

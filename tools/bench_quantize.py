@@ -24,7 +24,8 @@ from onnx_de.quantize import quantize  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 
 
-def run(target: str, folder: Path, points: float, threads: int | None, fixed_only: bool = False):
+def run(target: str, folder: Path, points: float, threads: int | None, fixed_only: bool = False,
+        auto_only: bool = False):
     name, _, sparsity = target.partition(":")
     zoo = f"zoo:{name}"
     model = zoo
@@ -37,7 +38,7 @@ def run(target: str, folder: Path, points: float, threads: int | None, fixed_onl
     options = dict(teacher=zoo, eval_data=zoo, intra_op_threads=threads)
     label = f"{name} {float(sparsity):.0%} sparse" if sparsity else name
     fixed_rows, calibration_metric = [], {}
-    for bits in (3, 4, 6):
+    for bits in (3, 4, 6) if not auto_only else ():
         for scheme in ("codebook", "uniform"):
             result = quantize(model, zoo, bits=bits, scheme=scheme, **options)
             on_calibration = onnx_de.evaluate(zoo, result.student, calibration, intra_op_threads=threads)
@@ -72,11 +73,12 @@ def main() -> None:
     parser.add_argument("--points", type=float, default=1.0, help="budget: points below the unquantized model")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--fixed-only", action="store_true", help="only the 3, 4 and 6-bit rows (no allocation)")
+    parser.add_argument("--auto-only", action="store_true", help="only the allocation row (no 3, 4 and 6-bit rows)")
     args = parser.parse_args()
     fixed, auto = [], []
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         for target in args.targets:
-            rows, row = run(target, Path(folder), args.points, args.threads, args.fixed_only)
+            rows, row = run(target, Path(folder), args.points, args.threads, args.fixed_only, args.auto_only)
             fixed += rows
             auto += [row] if row else []
             print(*rows, *([row] if row else []), sep="\n", flush=True)

@@ -5,7 +5,9 @@ the evaluation split. "magnitude@DE" and "wanda@DE" prune each layer to the spar
 comparison is at equal per-layer sparsity. Prints a Markdown table (paste into BENCHMARKS.md).
 
 DE with compensation resumes DE's own final checkpoint (same seed and settings, so the same masks) and only
-adds the compensation; its seconds are the search's plus the compensation's.
+adds the compensation; its seconds are the search's plus the compensation's. With ``--refits N`` the search
+itself refits the survivors N times, so there is only the DE + compensation row, and the baselines' per-layer
+sparsity is that search's.
 
     python tools/bench_sparsify.py mnist-mlp:0.9 mnist-lenet5:0.8 mnist-lenet5:0.9
 """
@@ -27,29 +29,35 @@ from onnx_de.evolution import SearchConfig  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 
 
-def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None, de_only: bool = False):
+def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None, de_only: bool = False,
+        refits: int = 0, allocation_only: bool = False, search: dict | None = None):
     """Yield one table row per method and setting, as each finishes."""
     zoo = f"zoo:{name}"
     de = {}
     options = dict(calibration_samples=limit, intra_op_threads=threads)
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         checkpoint = Path(folder) / "search.npz"
-        for compensate in (False, True):
-            result = sparsify(zoo, zoo, config=SearchConfig(sparsity=sparsity, seed=seed), compensate=compensate,
-                              checkpoint=checkpoint, resume=compensate, **options)
-            if compensate:
+        for compensate in (False, True) if not refits else (True,):
+            config = SearchConfig(sparsity=sparsity, seed=seed, refits=refits, **(search or {}))
+            result = sparsify(zoo, zoo, config=config,
+                              compensate=compensate, checkpoint=checkpoint, resume=compensate, **options)
+            if compensate and not refits:
                 result.seconds += de[False].seconds
             de[compensate] = result
-            yield _row(name, sparsity, "DE (global)", compensate, result)
+            label = ", ".join(["DE (global)", *[f"{k} {v}" for k, v in (search or {}).items()],
+                               *([f"{refits} refits"] if refits else [])])
+            yield _row(name, sparsity, label, compensate, result)
     if de_only:
         return
-    allocation = {layer: info["sparsity"] for layer, info in de[False].layers.items()}
+    allocation = {layer: info["sparsity"] for layer, info in next(iter(de.values())).layers.items()}
     for method in ("magnitude", "wanda"):
         for compensate in (False, True):
             for label, config in (
                 (f"{method} (global)", SearchConfig(sparsity=sparsity, seed=seed)),
                 (f"{method}@DE per-layer", SearchConfig(sparsity=sparsity, per_layer=allocation, seed=seed)),
             ):
+                if allocation_only and "@DE" not in label:
+                    continue
                 result = sparsify(zoo, zoo, config=config, method=method, compensate=compensate, **options)
                 yield _row(name, sparsity, label, compensate, result)
 
@@ -68,6 +76,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="calibration samples (default: the zoo's whole split)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--de-only", action="store_true", help="only the DE rows (the baselines do not change)")
+    parser.add_argument("--refits", type=int, default=0, help="interim refits during the search (default 0)")
+    parser.add_argument("--prior", help="DE's candidate prior (default: SearchConfig's)")
+    parser.add_argument("--pool", type=float, help="DE's candidate pool (default: SearchConfig's)")
+    parser.add_argument("--allocation-only", action="store_true",
+                        help="of the baselines, only those at DE's per-layer sparsity (the global ones do not change)")
     args = parser.parse_args()
     print(f"onnx-de {onnx_de.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
@@ -76,7 +89,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for target in args.targets:
         name, _, sparsity = target.partition(":")
-        for row in run(name, float(sparsity), args.seed, args.limit, args.threads, args.de_only):
+        search = {k: v for k, v in (("prior", args.prior), ("pool", args.pool)) if v is not None}
+        for row in run(name, float(sparsity), args.seed, args.limit, args.threads, args.de_only, args.refits,
+                       args.allocation_only, search):
             print(row, flush=True)
 
 

@@ -44,7 +44,10 @@ class Container:
     mapping: mmap.mmap | None = None
 
     def tensors(self) -> Iterator[tuple[dict, np.ndarray, np.ndarray | None]]:
-        """Each record with its decoded array and mask, one at a time (peak memory: one tensor's working set)."""
+        """Each record with its decoded array and mask, one at a time (peak memory: one tensor's working set).
+
+        Sequential on purpose: decoding in worker threads measured 25% faster on EfficientNet-Lite0 but spread
+        the allocations over glibc's per-thread arenas, and peak memory rose from 1.8x to 2.75x the model."""
         for number, (record, section) in enumerate(zip(self.records, self.sections)):
             what = f"tensor section {number} ({record['name']!r})"
             payload = section.verified(what)

@@ -21,7 +21,8 @@ MIN_ELEMENTS = 64  # smaller initializers stay in the graph section, where zstd 
 _DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "external_data")
 
 
-def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Path | None = None) -> bytes:
+def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Path | None = None, *,
+           fast_decode: bool = False) -> bytes:
     """Encode ``model`` into the container format of ``FORMAT.md``; every tensor is restored bit for bit.
 
     Initializers of the main graph with at least 64 elements are coded one per section: masks and integer
@@ -31,6 +32,8 @@ def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Pa
     Args:
         model: an .onnx path (external data is read in), serialized bytes, a ModelProto or a :class:`Model`.
         output: where to write the container (atomically).
+        fast_decode: code every tensor with zstd alone (masks packed 8 bits a byte, values raw; no rANS): a
+            few % larger for a sparse quantized model, and it decodes several times faster.
 
     Returns:
         The container's bytes.
@@ -47,7 +50,7 @@ def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Pa
             continue
         array = numpy_helper.to_array(tensor)
         fill, axis = fills.get(tensor.name, (None, None))
-        coding, streams = encode_record(array, fill, axis)
+        coding, streams = encode_record(array, fill, axis, fast_decode=fast_decode)
         record = {"name": tensor.name, "initializer": position, "dtype": int(tensor.data_type),
                   "shape": [int(d) for d in tensor.dims], **coding}
         order = record_streams(record)

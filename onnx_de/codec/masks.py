@@ -1,10 +1,12 @@
-"""Zero masks coded with rANS, by one of two methods (``FORMAT.md``, "Masks"); the encoder keeps the smaller.
+"""Zero masks (``FORMAT.md``, "Masks"): coded with rANS by one of two methods, the encoder keeping the smaller,
+or, for containers that must decode fast, packed 8 bits a byte and zstd-compressed.
 
 - ``order0``: every bit with one probability.
 - ``lines``: every row (axis 0) and column (axis 1) gets a class, 0 for a line with no kept weight and 1-3 for
   the live lines by thirds of their density; the classes are coded first, then the bits where both lines are
   live, each with the probability of its (row class, column class) pair. Dead input pixels, dead units and
   channels, and rows or columns denser than others cost almost nothing to describe.
+- ``packed``: the bits packed (first element in the highest bit of byte 0), one zstd frame.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 
 import numpy as np
 
-from . import rans
+from . import frames, rans
 
 __all__ = ["LINE_CLASSES", "encode_mask", "decode_mask", "mask_view"]
 
@@ -28,8 +30,11 @@ def mask_view(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return rows, columns, int(np.prod(shape[2:], dtype=np.int64))
 
 
-def encode_mask(mask: np.ndarray) -> tuple[dict, dict[str, bytes]]:
-    """Code boolean ``mask``; returns its description for the index and its streams."""
+def encode_mask(mask: np.ndarray, fast_decode: bool = False) -> tuple[dict, dict[str, bytes]]:
+    """Code boolean ``mask``; returns its description for the index and its streams (``packed`` alone with
+    ``fast_decode``)."""
+    if fast_decode:
+        return {"method": "packed"}, {"mask": frames.compress(np.packbits(mask.reshape(-1)).tobytes())}
     candidates = [_encode_order0(mask)]
     if mask.ndim >= 2 and mask.shape[0] > 1 and mask.shape[1] > 1:
         candidates.append(_encode_lines(mask))
@@ -39,6 +44,9 @@ def encode_mask(mask: np.ndarray) -> tuple[dict, dict[str, bytes]]:
 def decode_mask(description: dict, streams: dict[str, memoryview], shape: tuple[int, ...]) -> np.ndarray:
     """Rebuild the boolean mask of ``shape`` from :func:`encode_mask`'s output (already validated)."""
     count = int(np.prod(shape, dtype=np.int64))
+    if description["method"] == "packed":
+        packed = frames.decompress(streams["mask"], (count + 7) // 8, "mask stream", exact=(count + 7) // 8)
+        return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=count).view(bool).reshape(shape)
     if description["method"] == "order0":
         bits = rans.decode(streams["mask"], count, _binary(description["ones"]))
         return bits.astype(bool).reshape(shape)
