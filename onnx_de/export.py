@@ -124,6 +124,15 @@ def fold_values(graph: onnx.GraphProto, constants: set[str],
     readers = Counter(name for node in graph.node for name in node.input)
     readers.update({name: 1 << 30 for name in _read_names(n for n in graph.node if n.attribute) - set(readers)})
     folded, consumed, computed = set(), set(), {}
+    widened: dict[str, type] = {}  # integer Casts kept in their narrow type until a reader needs the wide one
+
+    def operand(name: str, reader: onnx.NodeProto) -> np.ndarray:
+        if name not in computed:
+            return value_of(name)
+        if name in widened and not (reader.op_type == "Gather" and name == reader.input[1]):
+            return computed[name].astype(widened[name])  # Gather's indices select the same in any integer type
+        return computed[name]
+
     for position, node in enumerate(graph.node):
         if (node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or len(node.output) != 1
                 or node.output[0] in outputs):
@@ -131,7 +140,12 @@ def fold_values(graph: onnx.GraphProto, constants: set[str],
         names = [name for name in node.input if name]
         if not names or not all(name in computed or name in constants for name in names):
             continue
-        array = _folded_value(node, {name: computed[name] if name in computed else value_of(name) for name in names})
+        inputs = {name: operand(name, node) for name in names}
+        wide = _integer_widening(node, inputs[names[0]])
+        if wide is not None:  # the codebook's Cast before its Gather: no wide copy of the indices
+            array, widened[node.output[0]] = inputs[names[0]], wide
+        else:
+            array = _folded_value(node, inputs)
         if array is None:
             continue
         folded.add(position)
@@ -144,7 +158,16 @@ def fold_values(graph: onnx.GraphProto, constants: set[str],
     for position in sorted(folded, reverse=True):
         del graph.node[position]
     unread = consumed - _read_names(graph.node) - outputs
-    return {n: v for n, v in computed.items() if n not in unread}, unread & constants, len(folded)
+    values = {n: v.astype(widened[n]) if n in widened else v for n, v in computed.items() if n not in unread}
+    return values, unread & constants, len(folded)
+
+
+def _integer_widening(node: onnx.NodeProto, operand: np.ndarray) -> type | None:
+    """The target type of a ``Cast`` from a small integer type to int32/int64 (values unchanged), else None."""
+    if node.op_type != "Cast" or operand.dtype not in _INTEGERS:
+        return None
+    target = next((a.i for a in node.attribute if a.name == "to"), None)
+    return _CAST_TARGETS.get(target) if target in (TensorProto.INT32, TensorProto.INT64) else None
 
 
 _FOLDABLE = {"DequantizeLinear", "Gather", "Cast", "Sub", "Mul"}

@@ -225,11 +225,13 @@ def test_same_model_gives_identical_bytes(small):
 def test_golden_bytes_of_format_version_1(small):
     """The committed fixture is what this version writes for the fixed model. If the encoder changes on purpose,
     keep the old fixture (it must still decode) and add a new one: ONNX_DE_WRITE_FIXTURES=1 writes them."""
-    _, payload = small
-    golden = FIXTURES / "small-v1.ode"
-    if os.environ.get("ONNX_DE_WRITE_FIXTURES"):
-        write_fixture(golden, payload)
-    assert payload == golden.read_bytes()
+    model, payload = small
+    fast = onnx_de.encode(model, fast_decode=True)
+    for golden, written in ((FIXTURES / "small-v1.ode", payload), (FIXTURES / "small-fast-v1.ode", fast)):
+        if os.environ.get("ONNX_DE_WRITE_FIXTURES"):
+            write_fixture(golden, written)
+        assert written == golden.read_bytes(), golden.name
+    assert "packed" in {t["mask"] for t in onnx_de.inspect_container(fast)["tensors"]}
 
 
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("*.ode")))
@@ -334,6 +336,22 @@ def test_malformed_index_records_are_format_errors(small):
     for edit in edits:
         with pytest.raises(FormatError):
             onnx_de.decode(with_index(payload, edit))
+
+
+def test_a_packed_mask_must_declare_exactly_its_size(small):
+    model, _ = small
+    fast = onnx_de.encode(model, fast_decode=True)
+    index = json.loads(frames.decompress(read_sections(fast)[0].payload, 1 << 30, "index"))
+    number, record = next((n, r) for n, r in enumerate(index["tensors"]) if r["mask"] == {"method": "packed"})
+    section = bytes(read_sections(fast)[2 + number].payload)
+    fill, mask = record["streams"]["fill"], record["streams"]["mask"]
+    expected = (int(np.prod(record["shape"])) + 7) // 8
+    for declared in (expected - 1, expected + 1, 1 << 24):  # refused on the frame's header, before decompressing
+        bad_mask = frames.compress(b"\xff" * declared)
+        crafted = rebuild(fast, 2 + number, section[:fill] + bad_mask + section[fill + mask :])
+        crafted = with_index(crafted, lambda i: i["tensors"][number]["streams"].update(mask=len(bad_mask)))
+        with pytest.raises(FormatError, match=f"tensor section {number}.*mask stream"):
+            onnx_de.decode(crafted)
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
