@@ -101,8 +101,8 @@ class SearchConfig:
 @dataclass
 class SearchState:
     """Everything needed to continue a search: masks (True = alive), RNG, step scale, history, why it
-    stopped (``None`` while it runs; ``target``, ``budget`` or ``caps``), and the interim refits done so far
-    with the weights they left (``None`` before the first)."""
+    stopped (``None`` while it runs; ``target``, ``budget`` or ``caps``), the interim refits done so far, and
+    once one has been done the search's live weights (checkpoints must carry them: ``None`` before the first)."""
 
     masks: dict[str, np.ndarray]
     rng: np.random.Generator
@@ -219,7 +219,7 @@ def evolve(
         if state.refits < len(milestones) and state.zeros() >= milestones[state.refits]:
             refit(state.masks)
             state.refits += 1
-            state.weights = {name: w.copy() for name, w in scorer.weights.items()}
+            state.weights = scorer.weights  # refit values and the zeros since: saved as they are
             record["refit_divergence"] = scorer.divergence()
             log.info("generation %d: refit %d of %d at sparsity %.4f, divergence %.4g -> %.4g", state.generation,
                      state.refits, len(milestones), record["sparsity"], current, record["refit_divergence"])
@@ -240,9 +240,11 @@ def _initial_state(scorer: Scorer, config: SearchConfig, checkpoint: Path | None
     if checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint, config, {n: w.shape for n, w in scorer.weights.items()})
         for name, mask in state.masks.items():
-            if state.weights is not None:  # the last interim refit's weights, then the zeros since
+            if state.weights is not None:  # refit since the teacher: the weights as checkpointed
                 scorer.weights[name][...] = state.weights[name]
             scorer.weights[name][~mask] = 0
+        if state.weights is not None:
+            state.weights = scorer.weights
         log.info("resumed from %s at generation %d", checkpoint, state.generation)
         return state
     masks = {name: np.ones(w.shape, dtype=bool) for name, w in scorer.weights.items()}

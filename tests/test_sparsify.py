@@ -122,6 +122,7 @@ def test_interim_refits_resume_to_the_same_masks_and_weights(tmp_path):
     reference = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", **options)
     refits = [r for r in reference.trajectory if "refit_divergence" in r]
     assert len(refits) == 3 and all(r["refit_divergence"] <= r["divergence"] for r in refits)
+    assert any(r["refit_divergence"] < 0.5 * r["divergence"] for r in refits)  # a refit that changed something
 
     def stop_after_first_refit(record):
         if record["generation"] == refits[0]["generation"] + 1:  # the refit's checkpoint is written; stop

@@ -75,9 +75,7 @@ def encode_record(array: np.ndarray, fill: np.ndarray | None = None, axis: int |
             record["fill"] = {"axis": axis}
             streams["fill"] = fill_bits.astype(fill_bits.dtype.newbyteorder("<")).tobytes()
             streams.update(mask_streams)
-        for coding, value_streams in _encode_values(values):
-            if fast_decode and coding["coding"] != "raw":
-                continue
+        for coding, value_streams in _encode_values(values, with_levels=not fast_decode):
             candidate = (dict(record, values=coding), dict(streams, **value_streams))
             candidates.append(candidate)
     if fast_decode:
@@ -141,10 +139,10 @@ def check_record(record: dict, shape: tuple[int, ...]) -> None:
         raise FormatError(f"unknown values coding {values.get('coding')!r}")
 
 
-def _encode_values(values: np.ndarray):
-    """Every applicable coding of ``values`` with its streams."""
+def _encode_values(values: np.ndarray, with_levels: bool = True):
+    """Every applicable coding of ``values`` with its streams (``with_levels``: the rANS-coded levels too)."""
     bits = bit_view(values)
-    if values.size:
+    if values.size and with_levels:
         levels, symbols = np.unique(bits, return_inverse=True)
         if levels.size <= MAX_LEVELS:
             counts = np.bincount(symbols, minlength=levels.size)
