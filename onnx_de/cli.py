@@ -36,8 +36,15 @@ __all__ = ["main", "build_parser", "format_container", "format_inspection", "for
 log = logging.getLogger("onnx_de")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"onnx-de: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onnx-de",
         description="Directed-Evolution sparsification, quantization and compact encoding of ONNX models.",
     )
@@ -106,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(qz, default_split="calibration")
     qz.add_argument("-o", "--output", type=Path, required=True, help="the .onnx with quantized initializers")
     qz.add_argument("--bits", type=_parse_bits, default="auto", help="1 to 8, or auto (default; needs --budget)")
+    _add_layer_bits(qz)
     qz.add_argument("--budget", type=float, metavar="MIN",
                     help="with --bits auto: the lowest primary fidelity metric on the calibration data")
     qz.add_argument("--scheme", choices=SCHEMES, default="codebook", help="levels (default %(default)s)")
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--per-layer", action="append", type=_parse_per_layer, metavar="NAME|re:PATTERN=FRACTION,...",
                         help="per-layer sparsity targets; repeatable")
     opt.add_argument("--bits", type=_parse_bits, help="1 to 8, or auto (needs --budget; the default with one)")
+    _add_layer_bits(opt)
     opt.add_argument("--budget", type=float, metavar="MIN",
                      help="the lowest primary fidelity metric on the calibration data, e.g. 0.98; alone, it "
                           "searches the sparsity and bits")
@@ -380,18 +389,35 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_per_layer(text: str) -> dict[str, float]:
-    targets = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, value = item.rpartition("=")
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = None
-        if not name or fraction is None:
-            raise argparse.ArgumentTypeError(f"per-layer target {item!r} is not NAME=FRACTION")
-        targets[name] = fraction
-    return targets
+def _layer_values(kind: str, convert):
+    """An argparse type for ``NAME|re:PATTERN=VALUE,...``: a dict from name or pattern to ``convert(VALUE)``."""
+    def parse(text: str) -> dict:
+        values = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.rpartition("=")
+            try:
+                values[name] = convert(value)
+            except ValueError:
+                name = ""
+            if not name:
+                raise argparse.ArgumentTypeError(f"per-layer setting {item!r} is not NAME={kind}")
+        return values
+    return parse
+
+
+_parse_per_layer = _layer_values("FRACTION", float)
+_parse_layer_bits = _layer_values("BITS", int)
+
+
+def _merged(mappings: list[dict] | None) -> dict:
+    """The dicts of a repeated ``action="append"`` option, later ones winning."""
+    return {k: v for mapping in (mappings or []) for k, v in mapping.items()}
+
+
+def _add_layer_bits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layer-bits", action="append", type=_parse_layer_bits, metavar="NAME|re:PATTERN=BITS,...",
+                        help="fixed bits for the layers named (exact names first, then the first matching "
+                             "pattern); --bits applies to the others")
 
 
 def _mask_candidates(text: str) -> tuple[str, ...]:
@@ -412,7 +438,7 @@ def _datasets(args: argparse.Namespace, default_split: str = "calibration"):
 
 
 def _sparsify(args: argparse.Namespace) -> int:
-    per_layer = {k: v for mapping in (args.per_layer or []) for k, v in mapping.items()}
+    per_layer = _merged(args.per_layer)
     config = SearchConfig(sparsity=args.sparsity, per_layer=per_layer, population=args.population, pool=args.pool,
                           survivors=args.survivors, prior=args.prior, seed=args.seed, budget=args.budget,
                           refits=args.refits)
@@ -454,7 +480,7 @@ def _quantize(args: argparse.Namespace) -> int:
                       symmetric=not args.asymmetric, per_channel=args.per_channel, weighted=not args.unweighted,
                       teacher=args.teacher, selection=selection, eval_data=eval_data, output=args.output,
                       calibration_samples=args.limit, intra_op_threads=args.threads,
-                      entropy_weight=args.entropy_weight)
+                      layer_bits=_merged(args.layer_bits), entropy_weight=args.entropy_weight)
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -469,7 +495,10 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _optimize(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else None
-    per_layer = {k: {"sparsity": v} for mapping in (args.per_layer or []) for k, v in mapping.items()}
+    per_layer = {}
+    for key, values in (("sparsity", _merged(args.per_layer)), ("bits", _merged(args.layer_bits))):
+        for name, value in values.items():
+            per_layer.setdefault(name, {})[key] = value
     settings = {"sparsity": args.sparsity, "bits": args.bits, "budget": args.budget, "scheme": args.scheme,
                 "per_channel": args.per_channel, "seed": args.seed, "prior": args.prior,
                 "population": args.population, "pool": args.pool, "survivors": args.survivors,

@@ -188,8 +188,13 @@ class OptimizeConfig:
         return cls(**values)
 
     def with_overrides(self, **changes) -> "OptimizeConfig":
-        """A copy with the given settings replaced (``None`` values are ignored)."""
+        """A copy with the given settings replaced (``None`` values are ignored). ``layers`` merge: an entry's
+        settings replace those of the same name or pattern, the other entries stay."""
         values = self.to_dict()
+        layers = values["layers"]
+        for key, override in (changes.pop("layers", None) or {}).items():
+            given = asdict(override) if isinstance(override, LayerOverride) else dict(override)
+            layers[key] = {**layers.get(key, {}), **{k: v for k, v in given.items() if v is not None}}
         values.update({k: v for k, v in changes.items() if v is not None})
         return OptimizeConfig.from_dict(values)
 

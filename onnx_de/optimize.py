@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 OUTPUTS = ("model.onnx", "model.ode", "report.json", "report.html")
 CHECKPOINT = ".search.checkpoint.npz"
 _BUDGET_LADDER = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)  # sparsity levels a budget search climbs
-_BUDGET_BITS = (6, 5, 4, 3, 2)
+_BUDGET_LIGHTER = (0.3, 0.1)  # tried in turn when the ladder's first level keeps nothing
+_BUDGET_BITS = (6, 5, 4, 3, 2)  # each level's widths, down while the budget holds
+_BUDGET_WIDER = (7, 8)  # tried in turn when 6 bits miss
 
 
 @dataclass
@@ -175,9 +177,10 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     """Sparsity levels up a ladder, and bits down from 6, each pair judged on held-out calibration samples.
 
     The last quarter of the calibration data is held out: DE, compensation and quantization never see it, so
-    it shows what the fitted student does on samples it was not fitted to. Returns the sparsify and quantize
+    it shows what the fitted student does on samples it was not fitted to. Where 6 bits miss the budget, 7 and 8
+    are tried; where the first level (50%) keeps nothing, lighter levels are. Returns the sparsify and quantize
     results of the smallest container whose held-out primary metric keeps the budget (the least sparse,
-    widest setting when none does), and every setting tried.
+    widest setting tried when none does), and every setting tried.
     """
     held_out = max(1, len(calibration) // 4)
     if len(calibration) < 8:
@@ -185,15 +188,17 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                           f"got {len(calibration)}")
     search = calibration.part(0, len(calibration) - held_out, f"{calibration.name}[search]")
     check = calibration.part(len(calibration) - held_out, None, f"{calibration.name}[held out]")
-    widths = [config.bits] if config.bits != "auto" else list(_BUDGET_BITS)
-    tried, best, fallback = [], None, None
-    for level in _BUDGET_LADDER:
+    tried = []
+    chosen = {}  # "best": (bytes, sparsify, quantize) of the smallest kept; "least": the least compressed tried
+
+    def level_keeps(level: float) -> bool:
+        """Sparsify to ``level``, then try widths; whether any width kept the budget."""
         sparse = sparsify(teacher, search, config=config.search(level), compensate=config.compensate,
                           selection=config.selection, intra_op_threads=config.threads, metric=spec,
                           progress=progress, workers=config.workers, executor=config.executor, device=config.device)
-        kept_any = False
         energies = weight_energies(sparse.student, search, config.threads)  # shared by every width
-        for width in widths:
+
+        def width_keeps(width: int) -> bool:
             quantized = quantize(sparse.student, search, bits=width, scheme=config.scheme,
                                  per_channel=config.per_channel, teacher=teacher,
                                  selection=config.selection, eval_data=check, intra_op_threads=config.threads,
@@ -205,19 +210,34 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                           "kept": metric >= config.budget})
             log.info("budget search: sparsity %.2f, %d bits: %d bytes, held-out %s %.4f", level, width, size,
                      spec.primary, metric)
-            fallback = fallback or (sparse, quantized)
+            if "least" not in chosen or (level, -width) < chosen["least"][0]:
+                chosen["least"] = ((level, -width), sparse, quantized)
             if metric < config.budget:
+                return False
+            if "best" not in chosen or size < chosen["best"][0]:
+                chosen["best"] = (size, sparse, quantized)
+            return True
+
+        if config.bits != "auto":
+            return width_keeps(config.bits)
+        if not width_keeps(_BUDGET_BITS[0]):
+            return any(width_keeps(width) for width in _BUDGET_WIDER)  # stops at the first that keeps
+        for width in _BUDGET_BITS[1:]:
+            if not width_keeps(width):
                 break  # fewer bits only lose more
-            kept_any = True
-            if best is None or size < best[0]:
-                best = (size, sparse, quantized)
-        if not kept_any:
-            break  # sparser only loses more
-    if best is None:
-        log.warning("no setting keeps the budget %.4f on held-out samples; returning the least compressed",
+        return True
+
+    if level_keeps(_BUDGET_LADDER[0]):
+        for level in _BUDGET_LADDER[1:]:
+            if not level_keeps(level):
+                break  # sparser only loses more
+    else:
+        any(level_keeps(level) for level in _BUDGET_LIGHTER)  # stops at the first that keeps
+    if "best" not in chosen:
+        log.warning("no setting keeps the budget %.4f on held-out samples; returning the least compressed tried",
                     config.budget)
-        return (*fallback, tried)
-    return best[1], best[2], tried
+    _, sparse, quantized = chosen.get("best") or chosen["least"]
+    return sparse, quantized, tried
 
 
 def _original_bytes(model, teacher: Model) -> int:

@@ -145,3 +145,12 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
     levels = sorted({t["sparsity"] for t in tried})
     failed = [level for level in levels if not any(t["kept"] for t in tried if t["sparsity"] == level)]
     assert not failed or failed == [levels[-1]]  # the ladder stops at the first level that keeps nothing
+
+
+def test_a_budget_nothing_keeps_tries_lighter_levels_and_returns_the_least_compressed(tmp_path, caplog):
+    result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, budget=0.97, bits=1, calibration_samples=96)
+    tried = result.to_dict()["budget_search"]
+    assert [(t["sparsity"], t["bits"], t["kept"]) for t in tried] == [(0.5, 1, False), (0.3, 1, False),
+                                                                      (0.1, 1, False)]
+    assert result.sparsified.config["sparsity"] == 0.1
+    assert "no setting keeps the budget" in caplog.text

@@ -1,5 +1,7 @@
 """Quantization benchmark: codebook versus uniform levels at 3, 4 and 6 bits, and automatic per-layer bits at a
 fidelity budget versus the fewest equal bits for every layer that meet the same budget. Prints Markdown tables.
+With ``--curve``: equal bits 1-8 against automatic allocations at several budgets, compared at equal fidelity on
+the evaluation split (each budget is set on calibration; the evaluation split only judges).
 
 A target ``NAME`` quantizes the zoo model itself; ``NAME:SPARSITY`` first sparsifies it by DE (default settings,
 seed 0, with compensation) and quantizes the sparse student, with fidelity always against the original. The
@@ -7,6 +9,7 @@ budget is the primary metric on the calibration split, ``--points`` below the un
 = 0.01); fidelity is reported on the evaluation split.
 
     python tools/bench_quantize.py mnist-mlp:0.9 mnist-lenet5 ppocr-cls
+    python tools/bench_quantize.py mnist-mlp:0.9 ppocr-cls --curve --points 0.5 1 2 3 5
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="onnx-de-bench-"
 
 import onnx_de  # noqa: E402
 from onnx_de.evolution import SearchConfig  # noqa: E402
-from onnx_de.quantize import quantize  # noqa: E402
+from onnx_de.quantize import quantize, weight_energies  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 
 
-def run(target: str, folder: Path, points: float, threads: int | None, fixed_only: bool = False,
-        auto_only: bool = False):
+def prepare(target: str, folder: Path, threads: int | None):
+    """The model to quantize (the zoo model, or its DE student), its label, and the calibration split."""
     name, _, sparsity = target.partition(":")
     zoo = f"zoo:{name}"
     model = zoo
@@ -33,10 +36,19 @@ def run(target: str, folder: Path, points: float, threads: int | None, fixed_onl
         model = folder / f"{name}-{sparsity}.onnx"
         sparsify(zoo, zoo, config=SearchConfig(sparsity=float(sparsity)), output=model, intra_op_threads=threads)
     calibration = onnx_de.load_data(zoo, onnx_de.open_model(zoo), split="calibration")
-    base = onnx_de.evaluate(zoo, model, calibration, intra_op_threads=threads)
-    start = base[base["primary"]]
-    options = dict(teacher=zoo, eval_data=zoo, intra_op_threads=threads)
     label = f"{name} {float(sparsity):.0%} sparse" if sparsity else name
+    return zoo, model, label, calibration
+
+
+def primary(fidelity: dict) -> float:
+    return fidelity[fidelity["primary"]]
+
+
+def run(target: str, folder: Path, points: float, threads: int | None, fixed_only: bool = False,
+        auto_only: bool = False):
+    zoo, model, label, calibration = prepare(target, folder, threads)
+    start = primary(onnx_de.evaluate(zoo, model, calibration, intra_op_threads=threads))
+    options = dict(teacher=zoo, eval_data=zoo, intra_op_threads=threads)
     fixed_rows, calibration_metric = [], {}
     for bits in (3, 4, 6) if not auto_only else ():
         for scheme in ("codebook", "uniform"):
@@ -67,18 +79,77 @@ def run(target: str, folder: Path, points: float, threads: int | None, fixed_onl
     return fixed_rows, auto_row
 
 
+def curve(target: str, folder: Path, points: list[float], threads: int | None) -> list[str]:
+    """Automatic allocations at budgets ``points`` below the unquantized student's calibration metric, each against
+    equal codebook bits for every layer at equal evaluation fidelity: the fewest equal bits at least as good, and
+    the equal-bits curve (1-8 bits) interpolated linearly at the allocation's fidelity. One row per budget."""
+    zoo, model, label, calibration = prepare(target, folder, threads)
+    start = primary(onnx_de.evaluate(zoo, model, calibration, intra_op_threads=threads))
+    options = dict(teacher=zoo, eval_data=zoo, intra_op_threads=threads)
+    energies = weight_energies(onnx_de.open_model(model), calibration, threads)  # shared by every quantization
+    equal = {}
+    for bits in range(1, 9):
+        result = quantize(model, zoo, bits=bits, scheme="codebook", energies=energies, **options)
+        equal[bits] = primary(result.fidelity)
+        print(f"{label}: {bits} equal bits: evaluation {equal[bits]:.4f}", flush=True)
+    rows = []
+    for point in points:
+        budget = round(start - point / 100, 4)
+        result = quantize(model, zoo, bits="auto", budget=budget, scheme="codebook", energies=energies, **options)
+        average, fidelity = result.average_bits, primary(result.fidelity)
+        fewest = next((bits for bits, value in equal.items() if value >= fidelity), None)
+        interpolated = _bits_at(equal, fidelity)
+        fewest_text = f"{fewest} ({equal[fewest]:.3f}) | {1 - average / fewest:.0%}" if fewest else "none | "
+        curve_text = f"{interpolated:.2f} | {1 - average / interpolated:.0%}" if interpolated else "below 1 bit | "
+        rows.append(f"| {label} | {budget:.3f} | {average:.2f} | {result.calibration_metric:.3f} / {fidelity:.3f} | "
+                    f"{fewest_text} | {curve_text} | {result.seconds:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _bits_at(equal: dict[int, float], fidelity: float) -> float | None:
+    """The equal-bits curve's bits at ``fidelity``, linear between neighbouring widths (monotone envelope)."""
+    envelope, best = [], -1.0
+    for bits in sorted(equal):
+        best = max(best, equal[bits])
+        envelope.append((bits, best))
+    if fidelity <= envelope[0][1]:
+        return None
+    for (low, low_value), (high, high_value) in zip(envelope, envelope[1:]):
+        if low_value < fidelity <= high_value:
+            return low + (high - low) * (fidelity - low_value) / (high_value - low_value)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="+", help="NAME or NAME:SPARSITY")
-    parser.add_argument("--points", type=float, default=1.0, help="budget: points below the unquantized model")
+    parser.add_argument("--points", type=float, nargs="+", default=[1.0],
+                        help="budget: points below the unquantized model (with --curve, several)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--fixed-only", action="store_true", help="only the 3, 4 and 6-bit rows (no allocation)")
     parser.add_argument("--auto-only", action="store_true", help="only the allocation row (no 3, 4 and 6-bit rows)")
+    parser.add_argument("--curve", action="store_true",
+                        help="equal bits 1-8 against allocations at each --points budget, at equal fidelity")
     args = parser.parse_args()
+    if args.curve:
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
+            for target in args.targets:
+                rows += curve(target, Path(folder), args.points, args.threads)
+        print()
+        print("| model | budget (calibration) | auto: average bits | auto: calibration / evaluation | fewest equal "
+              "bits at least as good (evaluation) | bits saved | equal-bits curve at the same fidelity | bits saved "
+              "| seconds |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(*rows, sep="\n")
+        return
+    if len(args.points) != 1:
+        parser.error("several --points need --curve")
     fixed, auto = [], []
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         for target in args.targets:
-            rows, row = run(target, Path(folder), args.points, args.threads, args.fixed_only, args.auto_only)
+            rows, row = run(target, Path(folder), args.points[0], args.threads, args.fixed_only, args.auto_only)
             fixed += rows
             auto += [row] if row else []
             print(*rows, *([row] if row else []), sep="\n", flush=True)
