@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="DE + compensation: also refit each layer from these masks at DE's per-layer sparsity and "
                          "keep the best (comma-separated among %s; 'none' for DE's own; default all)"
                          % ", ".join(MASK_CANDIDATES))
+    sp.add_argument("--held-out", type=float, default=0.0, metavar="F",
+                    help="keep this fraction of the calibration samples from the search and the regressions, to "
+                         "judge the refits on (default 0)")
     sp.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     sp.add_argument("--checkpoint", type=Path,
                     help="search state file, removed on success (default: OUTPUT.checkpoint.npz)")
@@ -449,6 +452,7 @@ def _sparsify(args: argparse.Namespace) -> int:
                       selection=selection, eval_data=eval_data, output=args.output, checkpoint=checkpoint,
                       resume=args.resume, calibration_samples=args.limit, intra_op_threads=args.threads,
                       workers=args.workers, executor=args.executor, device=args.device, mask_candidates=args.mask_candidates,
+                      held_out=args.held_out,
                       progress=_progress_line if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         print(file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from .metrics import MetricSpec
 from .model import Model, WeightSelection
 from .parallel import create_scorer, parse_executor
 from .runtime import resolve_device
+from .scoring import Scorer
 from .zoo import open_model
 
 __all__ = ["METHODS", "SparsifyResult", "sparsify", "student_model"]
@@ -88,6 +89,7 @@ def sparsify(
     progress=None,
     metric: str | MetricSpec | None = None,
     mask_candidates: tuple[str, ...] = tuple(MASK_CANDIDATES),
+    held_out: float = 0.0,
 ) -> SparsifyResult:
     """Zero a fraction of ``model``'s prunable weights while keeping its outputs close to the original's.
 
@@ -101,6 +103,10 @@ def sparsify(
         mask_candidates: with DE and compensation, each layer's refit also starts from these masks at the
             search's per-layer sparsity (``magnitude``, ``wanda``), and the Scorer keeps the best per layer:
             the search chooses how many weights each layer loses, the final selection which ones.
+        held_out: this fraction of the calibration samples (the last ones) is kept from the search and the
+            regressions; with compensation it judges the refits instead: each layer's refit (and its mask,
+            among the candidates) is kept only where it lowers the divergence on samples it was not fitted to.
+            ``calibration_divergence`` is then measured on them. 0 (the default): one set for everything.
         selection: which weights are prunable.
         eval_data: data for the reported fidelity (``zoo:NAME`` uses its evaluation split; default: the
             evaluation split of ``data`` when it is ``zoo:NAME``). Never used by the search.
@@ -134,9 +140,18 @@ def sparsify(
     config = config or SearchConfig()
     if config.refits and (method != "de" or not compensate):
         raise ConfigError("interim refits (refits > 0) belong to the DE search with compensation")
+    if not 0 <= held_out < 1:
+        raise ConfigError(f"held_out must be in [0, 1), got {held_out}")
     started = time.perf_counter()
     teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
     calibration = load_data(data, teacher, split="calibration", limit=calibration_samples)
+    judged = None
+    if held_out:
+        count = int(round(held_out * len(calibration)))
+        if not 1 <= count < len(calibration):
+            raise ConfigError(f"held_out {held_out} of {len(calibration)} calibration samples leaves one side empty")
+        calibration, judged = (calibration.part(0, len(calibration) - count, f"{calibration.name}[search]"),
+                               calibration.part(len(calibration) - count, None, f"{calibration.name}[held out]"))
     spec = resolve_metric(metric, teacher, data, model)
     evaluation = evaluation_data(eval_data, data, teacher)
     prunable = teacher.prunable
@@ -163,8 +178,15 @@ def sparsify(
             counts = {name: int(mask.size - np.count_nonzero(mask)) for name, mask in masks.items()}
             alternatives = {label: lowest(layer_saliency(probe, MASK_CANDIDATES[label]), counts)
                             for label in mask_candidates}
-        compensated = compensate_layers(scorer, probe, masks, alternatives=alternatives) if compensate else {}
-        student = student_model(teacher, scorer.weights)
+        judge = scorer
+        if judged is not None:  # the refits are judged on the held-out samples, from the search's weights
+            judge = Scorer(teacher, judged, names, spec, intra_op_threads=intra_op_threads, device=device)
+            for name, weight in scorer.weights.items():
+                judge.weights[name][...] = weight
+        with closing(judge) if judge is not scorer else nullcontext():
+            compensated = compensate_layers(judge, probe, masks, alternatives=alternatives) if compensate else {}
+            divergence = judge.divergence()
+            student = student_model(teacher, judge.weights)
         if output is not None:
             atomic_write_bytes(output, student.serialized())
             if checkpoint is not None:
@@ -181,7 +203,7 @@ def sparsify(
         }
         return SparsifyResult(
             student=student, masks=masks, method=method, config=config.to_dict(), layers=layers,
-            sparsity=zeros / total, divergence=scorer.divergence(), trajectory=trajectory, compensated=compensated,
+            sparsity=zeros / total, divergence=divergence, trajectory=trajectory, compensated=compensated,
             fidelity=fidelity, seconds=time.perf_counter() - started, stopped=stopped,
         )
 

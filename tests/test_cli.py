@@ -164,6 +164,8 @@ def bad_inputs(tmp_path_factory):
           "--no-compensate"), "interim refits (refits > 0) belong to the DE search with compensation"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--refits", "-1"),
          "refits must be >= 0"),
+        (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--held-out", "1"),
+         "held_out must be in [0, 1)"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--workers", "0"),
          "workers must be >= 1"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--executor", "threads"),

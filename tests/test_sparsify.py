@@ -193,3 +193,21 @@ def test_final_mask_candidates_never_lose_to_the_search_masks_on_calibration(mlp
     assert set(plain.compensated.values()) <= {"search", None}
     with pytest.raises(ConfigError, match="mask candidates"):
         sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", mask_candidates=("random",))
+
+
+def test_held_out_samples_stay_out_of_the_search_and_judge_the_refits():
+    teacher = onnx_de.open_model("zoo:mnist-mlp")
+    calibration = onnx_de.load_data("zoo:mnist-mlp", teacher, split="calibration", limit=128)
+    config = SearchConfig(sparsity=0.6, seed=3)
+    searched = sparsify(teacher, calibration, config=config, held_out=0.25, compensate=False, eval_data=None)
+    first = sparsify(teacher, calibration.part(0, 96), config=config, compensate=False, eval_data=None)
+    assert all(np.array_equal(searched.masks[n], first.masks[n]) for n in first.masks)  # the last 32 unseen
+    refit = sparsify(teacher, calibration, config=config, held_out=0.25, eval_data=None)
+    assert any(label is not None for label in refit.compensated.values())
+    judge = Scorer(teacher, calibration.part(96, None), list(refit.masks), onnx_de.MetricSpec("classification"))
+    for name in refit.masks:
+        judge.weights[name][...] = refit.student.initializer(name)
+    assert judge.divergence() == pytest.approx(refit.divergence, rel=1e-6)  # measured on the held-out 32
+    for bad in (1.0, -0.1, 0.001):
+        with pytest.raises(ConfigError, match="held_out"):
+            sparsify(teacher, calibration, config=config, held_out=bad)

@@ -30,11 +30,11 @@ from onnx_de.sparsify import sparsify  # noqa: E402
 
 
 def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None, de_only: bool = False,
-        refits: int = 0, allocation_only: bool = False, search: dict | None = None):
+        refits: int = 0, allocation_only: bool = False, search: dict | None = None, held_out: float = 0.0):
     """Yield one table row per method and setting, as each finishes."""
     zoo = f"zoo:{name}"
     de = {}
-    options = dict(calibration_samples=limit, intra_op_threads=threads)
+    options = dict(calibration_samples=limit, intra_op_threads=threads, held_out=held_out)
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         checkpoint = Path(folder) / "search.npz"
         for compensate in (False, True) if not refits else (True,):
@@ -45,7 +45,8 @@ def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int |
                 result.seconds += de[False].seconds
             de[compensate] = result
             label = ", ".join(["DE (global)", *[f"{k} {v}" for k, v in (search or {}).items()],
-                               *([f"{refits} refits"] if refits else [])])
+                               *([f"{refits} refits"] if refits else []),
+                               *([f"{held_out:.0%} held out"] if held_out else [])])
             yield _row(name, sparsity, label, compensate, result)
     if de_only:
         return
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--pool", type=float, help="DE's candidate pool (default: SearchConfig's)")
     parser.add_argument("--allocation-only", action="store_true",
                         help="of the baselines, only those at DE's per-layer sparsity (the global ones do not change)")
+    parser.add_argument("--held-out", type=float, default=0.0,
+                        help="fraction of calibration samples kept from the search to judge the refits (default 0)")
     args = parser.parse_args()
     print(f"onnx-de {onnx_de.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
@@ -91,7 +94,7 @@ def main() -> None:
         name, _, sparsity = target.partition(":")
         search = {k: v for k, v in (("prior", args.prior), ("pool", args.pool)) if v is not None}
         for row in run(name, float(sparsity), args.seed, args.limit, args.threads, args.de_only, args.refits,
-                       args.allocation_only, search):
+                       args.allocation_only, search, args.held_out):
             print(row, flush=True)
 
 
