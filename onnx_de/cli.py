@@ -399,11 +399,12 @@ def _layer_values(kind: str, convert):
         for item in filter(None, (part.strip() for part in text.split(","))):
             name, _, value = item.rpartition("=")
             try:
-                values[name] = convert(value)
+                converted = convert(value)
             except ValueError:
-                name = ""
-            if not name:
+                converted = None
+            if not name or converted is None:
                 raise argparse.ArgumentTypeError(f"per-layer setting {item!r} is not NAME={kind}")
+            values[name] = converted
         return values
     return parse
 

@@ -43,6 +43,11 @@ class Dataset:
         labels = None if self.labels is None else self.labels[start:stop]
         return Dataset({k: v[start:stop] for k, v in self.inputs.items()}, labels, name or self.name)
 
+    def hold_out(self, count: int) -> tuple[Dataset, Dataset]:
+        """The first ``len - count`` samples (named ``[search]``) and the last ``count`` (``[held out]``), views."""
+        split = len(self) - count
+        return self.part(0, split, f"{self.name}[search]"), self.part(split, None, f"{self.name}[held out]")
+
 
 @dataclass(frozen=True)
 class Preprocess:

@@ -182,12 +182,10 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     results of the smallest container whose held-out primary metric keeps the budget (the least sparse,
     widest setting tried when none does), and every setting tried.
     """
-    held_out = max(1, len(calibration) // 4)
     if len(calibration) < 8:
         raise ConfigError(f"a budget search needs at least 8 calibration samples to hold a quarter out, "
                           f"got {len(calibration)}")
-    search = calibration.part(0, len(calibration) - held_out, f"{calibration.name}[search]")
-    check = calibration.part(len(calibration) - held_out, None, f"{calibration.name}[held out]")
+    search, check = calibration.hold_out(len(calibration) // 4)
     tried = []
     chosen = {}  # "best": (bytes, sparsify, quantize) of the smallest kept; "least": the least compressed tried
 

@@ -150,8 +150,7 @@ def sparsify(
         count = int(round(held_out * len(calibration)))
         if not 1 <= count < len(calibration):
             raise ConfigError(f"held_out {held_out} of {len(calibration)} calibration samples leaves one side empty")
-        calibration, judged = (calibration.part(0, len(calibration) - count, f"{calibration.name}[search]"),
-                               calibration.part(len(calibration) - count, None, f"{calibration.name}[held out]"))
+        calibration, judged = calibration.hold_out(count)
     spec = resolve_metric(metric, teacher, data, model)
     evaluation = evaluation_data(eval_data, data, teacher)
     prunable = teacher.prunable

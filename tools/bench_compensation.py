@@ -41,7 +41,7 @@ def main() -> None:
     evaluation = evaluation_data(None, zoo, teacher)
     prunable = teacher.prunable
     names = [w.name for w in prunable]
-    fit = len(calibration) - len(calibration) // 4
+    fitted, judged = calibration.hold_out(len(calibration) // 4)
     probe = LayerProbe(teacher, prunable, calibration)
     masks = prune_by_saliency(saliency(probe, args.prior),
                               SearchConfig(sparsity=args.sparsity, per_layer={"re:.*": args.sparsity}))
@@ -61,9 +61,8 @@ def main() -> None:
 
     measure("no compensation")
     measure("fit and judged on all calibration samples", Scorer(teacher, calibration, names, spec), probe)
-    measure(f"fit on the first {fit}, judged on the other {len(calibration) - fit}",
-            Scorer(teacher, calibration.part(fit, None), names, spec),
-            LayerProbe(teacher, prunable, calibration.part(0, fit)))
+    measure(f"fit on the first {len(fitted)}, judged on the other {len(judged)}",
+            Scorer(teacher, judged, names, spec), LayerProbe(teacher, prunable, fitted))
 
 
 if __name__ == "__main__":
