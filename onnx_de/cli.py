@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "keep the best (comma-separated among %s; 'none' for DE's own; default all)"
                          % ", ".join(MASK_CANDIDATES))
     sp.add_argument("--held-out", type=float, default=0.0, metavar="F",
-                    help="keep this fraction of the calibration samples from the search and the regressions, to "
-                         "judge the refits on (default 0)")
+                    help="keep this fraction of the calibration samples (whole source groups where the data has "
+                         "them) from the search and the regressions, to judge the refits on (default 0)")
     sp.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     sp.add_argument("--checkpoint", type=Path,
                     help="search state file, removed on success (default: OUTPUT.checkpoint.npz)")

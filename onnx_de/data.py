@@ -15,21 +15,28 @@ import numpy as np
 from .errors import ConfigError, DataError, first_line
 from .model import Model, TensorSpec
 
-__all__ = ["LABELS_KEY", "Dataset", "Preprocess", "load_data", "validate_dataset", "read_images"]
+__all__ = ["LABELS_KEY", "GROUPS_KEY", "Dataset", "Preprocess", "load_data", "validate_dataset", "read_images"]
 
 #: Key of the optional integer class labels in a ``.npz`` dataset.
 LABELS_KEY = "labels"
+#: Key of the optional integer source groups in a ``.npz`` dataset (see :class:`Dataset`).
+GROUPS_KEY = "groups"
 SPLITS = ("calibration", "evaluation")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
 class Dataset:
-    """Model inputs keyed by input name (first axis = samples) and optional integer labels."""
+    """Model inputs keyed by input name (first axis = samples), optional integer labels and source groups.
+
+    ``groups`` gives each sample the integer id of the source it came from (the photo a crop was cut from, the
+    font a line was set in): samples of one source are not independent, so :meth:`hold_out` keeps sources whole.
+    """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     name: str = "<data>"
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0
@@ -40,13 +47,30 @@ class Dataset:
 
     def part(self, start: int, stop: int | None, name: str | None = None) -> Dataset:
         """Samples ``start`` to ``stop`` (a view, not a copy)."""
-        labels = None if self.labels is None else self.labels[start:stop]
-        return Dataset({k: v[start:stop] for k, v in self.inputs.items()}, labels, name or self.name)
+        return self.select(slice(start, stop), name)
+
+    def select(self, index: slice | np.ndarray, name: str | None = None) -> Dataset:
+        """The samples at ``index``: a slice gives views, an integer array copies."""
+        labels = None if self.labels is None else self.labels[index]
+        groups = None if self.groups is None else self.groups[index]
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, name or self.name, groups)
 
     def hold_out(self, count: int) -> tuple[Dataset, Dataset]:
-        """The first ``len - count`` samples (named ``[search]``) and the last ``count`` (``[held out]``), views."""
-        split = len(self) - count
-        return self.part(0, split, f"{self.name}[search]"), self.part(split, None, f"{self.name}[held out]")
+        """About ``count`` samples to judge on (named ``[held out]``) and the rest (``[search]``).
+
+        Without groups (or with a single one) the held-out samples are the last ``count``. With groups, whole
+        groups are held out, the last ids first, as many as bring the count closest to ``count`` (at least one,
+        never all), so that no held-out sample shares a source with a searched one.
+        """
+        names = f"{self.name}[search]", f"{self.name}[held out]"
+        ids = [] if self.groups is None else np.unique(self.groups)[::-1]
+        if len(ids) < 2:
+            split = len(self) - count
+            return self.part(0, split, names[0]), self.part(split, None, names[1])
+        sizes = np.cumsum([np.count_nonzero(self.groups == g) for g in ids[:-1]])
+        held = ids[: int(np.argmin(np.abs(sizes - count))) + 1]
+        judged = np.isin(self.groups, held)
+        return self.select(np.flatnonzero(~judged), names[0]), self.select(np.flatnonzero(judged), names[1])
 
 
 @dataclass(frozen=True)
@@ -145,7 +169,7 @@ def load_data(
     """Load a dataset for ``model`` and check that it fits.
 
     Args:
-        spec: a ``.npz`` file (arrays keyed by input name, optional ``labels``), a folder of images
+        spec: a ``.npz`` file (arrays keyed by input name, optional ``labels`` and ``groups``), a folder of images
             (needs ``preprocess``; images in sub-folders get the sub-folder's sorted index as label),
             ``zoo:NAME`` (that zoo model's ``split``), or a :class:`Dataset`.
         model: the model the data is for.
@@ -189,7 +213,8 @@ def _read_npz(path: Path) -> Dataset:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz file: {first_line(e)}") from e
     labels = arrays.pop(LABELS_KEY, None)
-    return Dataset(arrays, labels, str(path))
+    groups = arrays.pop(GROUPS_KEY, None)
+    return Dataset(arrays, labels, str(path), groups)
 
 
 def _single_input(model: Model, path: Path) -> TensorSpec:
@@ -257,10 +282,9 @@ def validate_dataset(dataset: Dataset, model: Model) -> None:
             bad = int(np.count_nonzero(~np.isfinite(array)))
             if bad:
                 raise DataError(f"{label}: input {name!r} has {bad} NaN or infinite value(s)")
-    if dataset.labels is not None:
-        labels = dataset.labels
-        if labels.ndim != 1 or len(labels) != len(dataset) or labels.dtype.kind not in "iu":
-            raise DataError(f"{label}: labels must be one integer per sample, got {labels.dtype.name} {labels.shape}")
+    for key, values in ((LABELS_KEY, dataset.labels), (GROUPS_KEY, dataset.groups)):
+        if values is not None and (values.ndim != 1 or len(values) != len(dataset) or values.dtype.kind not in "iu"):
+            raise DataError(f"{label}: {key} must be one integer per sample, got {values.dtype.name} {values.shape}")
 
 
 def _check_shape(label: str, name: str, shape: tuple[int, ...], want: tuple[int | None, ...]) -> None:

@@ -176,7 +176,8 @@ def optimize(
 def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: OptimizeConfig, progress):
     """Sparsity levels up a ladder, and bits down from 6, each pair judged on held-out calibration samples.
 
-    The last quarter of the calibration data is held out: DE, compensation and quantization never see it, so
+    A quarter of the calibration data is held out (whole source groups where the data has them, see
+    :meth:`Dataset.hold_out`): DE, compensation and quantization never see it, so
     it shows what the fitted student does on samples it was not fitted to. Where 6 bits miss the budget, 7 and 8
     are tried; where the first level (50%) keeps nothing, lighter levels are. Returns the sparsify and quantize
     results of the smallest container whose held-out primary metric keeps the budget (the least sparse,

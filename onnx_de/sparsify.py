@@ -103,7 +103,8 @@ def sparsify(
         mask_candidates: with DE and compensation, each layer's refit also starts from these masks at the
             search's per-layer sparsity (``magnitude``, ``wanda``), and the Scorer keeps the best per layer:
             the search chooses how many weights each layer loses, the final selection which ones.
-        held_out: this fraction of the calibration samples (the last ones) is kept from the search and the
+        held_out: this fraction of the calibration samples (the last ones, or whole source groups where the
+            data has them: see :meth:`Dataset.hold_out`) is kept from the search and the
             regressions; with compensation it judges the refits instead: each layer's refit (and its mask,
             among the candidates) is kept only where it lowers the divergence on samples it was not fitted to.
             ``calibration_divergence`` is then measured on them. 0 (the default): one set for everything.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset
+from .data import GROUPS_KEY, LABELS_KEY, Dataset
 from .errors import ZooError, first_line
 from .fileio import atomic_write_bytes
 from .metrics import MetricSpec
@@ -168,7 +168,7 @@ def _verify(payload: bytes, entry: ZooEntry, where: str) -> None:
 
 
 #: Bump when a data builder changes what it produces, so that cached datasets are rebuilt.
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 
 def load_zoo_split(name: str, split: str) -> Dataset:
@@ -181,15 +181,16 @@ def load_zoo_split(name: str, split: str) -> Dataset:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
-            labels = arrays.pop("labels", None)
-            return Dataset(arrays, labels, f"zoo:{name}/{split}")
+            labels, groups = arrays.pop(LABELS_KEY, None), arrays.pop(GROUPS_KEY, None)
+            return Dataset(arrays, labels, f"zoo:{name}/{split}", groups)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             log.warning("rebuilding unreadable cached dataset %s", path)
     dataset = zoo_data.build(entry, split)
     dataset.name = f"zoo:{name}/{split}"
     arrays = dict(dataset.inputs)
-    if dataset.labels is not None:
-        arrays["labels"] = dataset.labels
+    for key, values in ((LABELS_KEY, dataset.labels), (GROUPS_KEY, dataset.groups)):
+        if values is not None:
+            arrays[key] = values
     _save_npz(path, arrays)
     return dataset
 

@@ -54,8 +54,8 @@ def build(entry, split: str) -> Dataset:
     if spec["builder"] != "mnist":
         _require_zoo_extra(entry.name)
     rng = np.random.default_rng(zlib.crc32(f"{entry.name}/{split}".encode()))
-    inputs, labels = builders[spec["builder"]](spec, split, rng)
-    return Dataset({spec["input"]: inputs}, labels, f"zoo:{entry.name}/{split}")
+    inputs, labels, groups = builders[spec["builder"]](spec, split, rng)
+    return Dataset({spec["input"]: inputs}, labels, f"zoo:{entry.name}/{split}", groups)
 
 
 def _require_zoo_extra(name: str) -> None:
@@ -67,14 +67,18 @@ def _require_zoo_extra(name: str) -> None:
         raise ZooError(f"building the data of {name} needs the zoo extra: pip install 'onnx-de[zoo]' ({e.name} missing)") from e
 
 
-def _mnist(spec: dict, split: str, rng) -> tuple[np.ndarray, np.ndarray]:
+# Each builder returns (inputs, labels or None, groups or None): groups give the source of each sample (the
+# photograph a crop was cut from, the font a line was set in) where samples share one.
+
+
+def _mnist(spec: dict, split: str, rng) -> tuple[np.ndarray, np.ndarray, None]:
     from .zoo import models_dir
 
     with np.load(models_dir() / spec["file"], allow_pickle=False) as archive:
         pixels = archive["train_x" if split == "calibration" else "eval_x"][: spec[split]]
         labels = archive["train_y" if split == "calibration" else "eval_y"][: spec[split]]
     shape = (len(pixels), *spec["sample_shape"])
-    return (pixels.astype(np.float32) / 255.0).reshape(shape), labels.astype(np.int64)
+    return (pixels.astype(np.float32) / 255.0).reshape(shape), labels.astype(np.int64), None
 
 
 def _font(name: str, size: int):
@@ -116,7 +120,7 @@ def _scikit_image(name: str):
     return Image.fromarray(array).convert("RGB")
 
 
-def _ocr_pages(spec: dict, split: str, rng) -> tuple[np.ndarray, None]:
+def _ocr_pages(spec: dict, split: str, rng) -> tuple[np.ndarray, None, None]:
     """Document-like pages: text lines in several fonts and sizes, plus scikit-image's page or text scan."""
     from PIL import Image, ImageDraw
 
@@ -138,17 +142,18 @@ def _ocr_pages(spec: dict, split: str, rng) -> tuple[np.ndarray, None]:
                           font=font, fill=_ink(rng))
             y += int(font.size * rng.uniform(1.3, 2.4))
         samples.append(_to_chw(page, 255.0, 0.5, 0.5, bgr=True))
-    return np.stack(samples), None
+    return np.stack(samples), None, None
 
 
-def _text_lines(spec: dict, split: str, rng) -> tuple[np.ndarray, np.ndarray]:
+def _text_lines(spec: dict, split: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Text-line crops, 48 x 192 as PP-OCR's classifier wants them; half rotated by 180 degrees (label 1)."""
     from PIL import Image, ImageDraw
 
     height, width = spec["height"], spec["width"]
-    samples, labels = [], []
+    samples, labels, fonts = [], [], []
     for index in range(spec[split]):
-        font = _font(_FONTS[split][rng.integers(0, len(_FONTS[split]))], int(rng.integers(20, 40)))
+        fonts.append(int(rng.integers(0, len(_FONTS[split]))))
+        font = _font(_FONTS[split][fonts[-1]], int(rng.integers(20, 40)))
         text = _phrase(rng, split, int(rng.integers(1, 4)))
         left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
         margin = int(rng.integers(2, 8))
@@ -163,10 +168,10 @@ def _text_lines(spec: dict, split: str, rng) -> tuple[np.ndarray, np.ndarray]:
         padded[:, :, :resized_width] = chw
         samples.append(padded)
         labels.append(int(rotated))
-    return np.stack(samples), np.asarray(labels, dtype=np.int64)
+    return np.stack(samples), np.asarray(labels, dtype=np.int64), np.asarray(fonts, dtype=np.int64)
 
 
-def _photos(spec: dict, split: str, rng) -> tuple[np.ndarray, None]:
+def _photos(spec: dict, split: str, rng) -> tuple[np.ndarray, None, np.ndarray]:
     """Random resized crops and flips of scikit-image's bundled photographs; splits use disjoint photos."""
     from PIL import Image
 
@@ -184,10 +189,10 @@ def _photos(spec: dict, split: str, rng) -> tuple[np.ndarray, None]:
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         samples.append(_to_chw(crop, 1.0, spec["mean"], spec["std"], bgr=False))
-    return np.stack(samples), None
+    return np.stack(samples), None, np.arange(len(samples), dtype=np.int64) % len(photos)
 
 
-def _captchas(spec: dict, split: str, rng) -> tuple[np.ndarray, None]:
+def _captchas(spec: dict, split: str, rng) -> tuple[np.ndarray, None, None]:
     """Click-captcha-like images: noisy backgrounds with scattered large glyphs (Greek, Cyrillic, symbols).
 
     ddddocr's detector was trained on CJK click captchas; dense non-Latin glyphs are what it finds with
@@ -210,7 +215,7 @@ def _captchas(spec: dict, split: str, rng) -> tuple[np.ndarray, None]:
             draw.text(position, glyphs[rng.integers(0, len(glyphs))], font=font,
                       fill=tuple(int(v) for v in rng.integers(0, 120, 3)), stroke_width=1)
         samples.append(_to_chw(image, 1.0, 0.0, 1.0, bgr=True))
-    return np.stack(samples), None
+    return np.stack(samples), None, None
 
 
 _CAPTCHA_GLYPHS = {"calibration": "ΩΣΦΨΛΠΞΓΔθλπβδζ§@&", "evaluation": "ЖЩЯБДфЮЙЦУКНГШ¶#%"}

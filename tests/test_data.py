@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_de import ConfigError, DataError, Preprocess, load_data
+import onnx_de
+from onnx_de import ConfigError, DataError, Dataset, Preprocess, load_data
 
 
 def write_npz(path, **arrays):
@@ -30,11 +31,32 @@ def test_npz_with_labels_loads(tmp_path, mlp):
         ({"input": np.zeros((0, 784), np.float32)}, "empty"),
         ({"input": np.full((4, 784), np.nan, np.float32)}, "3136 NaN or infinite"),
         ({"input": np.zeros((4, 784), np.float32), "labels": np.zeros(3, np.int64)}, "one integer per sample"),
+        ({"input": np.zeros((4, 784), np.float32), "groups": np.zeros(4, np.float32)}, "groups must be one integer"),
     ],
 )
 def test_bad_npz_data_is_rejected_with_a_reason(tmp_path, mlp, arrays, message):
     with pytest.raises(DataError, match=message):
         load_data(write_npz(tmp_path / "bad.npz", **arrays), mlp)
+
+
+def test_held_out_samples_keep_their_sources_whole(tmp_path, mlp):
+    x = np.random.default_rng(0).random((12, 784), dtype=np.float32)
+    groups = np.array([0, 1, 2, 3] * 3)  # four sources, interleaved as the zoo's photo crops are
+    data = load_data(write_npz(tmp_path / "g.npz", input=x, groups=groups), mlp)
+    search, judged = data.hold_out(4)
+    assert judged.groups.tolist() == [3, 3, 3] and sorted(set(search.groups)) == [0, 1, 2]
+    np.testing.assert_array_equal(judged.inputs["input"], x[groups == 3])
+    assert len(data.hold_out(7)[1]) == 6  # two sources (6) are closer to 7 than one (3) or three (9)
+    assert set(data.hold_out(12)[0].groups) == {0}  # never every source
+    plain, last = Dataset({"input": x}).hold_out(4)  # without groups: the last samples
+    np.testing.assert_array_equal(last.inputs["input"], x[8:])
+    assert len(plain) == 8
+
+
+def test_zoo_photo_crops_are_grouped_by_photograph():
+    model = onnx_de.open_model("zoo:efficientnet-lite0")
+    search, judged = load_data("zoo:efficientnet-lite0", model).hold_out(16)
+    assert len(judged) == 16 and not set(judged.groups) & set(search.groups)
 
 
 def test_unreadable_and_missing_data(tmp_path, mlp):

@@ -153,10 +153,13 @@ def main() -> None:
             fixed += rows
             auto += [row] if row else []
             print(*rows, *([row] if row else []), sep="\n", flush=True)
-    print()
-    print("| model | scheme | bits | fidelity (evaluation split) | primary on calibration | seconds |")
-    print("|---|---|---|---|---|---|")
-    print(*fixed, sep="\n")
+    if fixed:
+        print()
+        print("| model | scheme | bits | fidelity (evaluation split) | primary on calibration | seconds |")
+        print("|---|---|---|---|---|---|")
+        print(*fixed, sep="\n")
+    if not auto:
+        return
     print()
     print("| model | unquantized (calibration) | budget (calibration) | auto: average bits | auto: calibration | "
           "auto: evaluation | fewest equal bits meeting the budget: evaluation | bits saved | seconds |")
