@@ -38,6 +38,10 @@ class Dataset:
     name: str = "<data>"
     groups: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        self.labels = None if self.labels is None else np.asarray(self.labels)
+        self.groups = None if self.groups is None else np.asarray(self.groups)
+
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0
 

@@ -48,6 +48,7 @@ def test_held_out_samples_keep_their_sources_whole(tmp_path, mlp):
     np.testing.assert_array_equal(judged.inputs["input"], x[groups == 3])
     assert len(data.hold_out(7)[1]) == 6  # two sources (6) are closer to 7 than one (3) or three (9)
     assert set(data.hold_out(12)[0].groups) == {0}  # never every source
+    assert Dataset({"input": x}, groups=groups.tolist()).hold_out(4)[1].groups.tolist() == [3, 3, 3]
     plain, last = Dataset({"input": x}).hold_out(4)  # without groups: the last samples
     np.testing.assert_array_equal(last.inputs["input"], x[8:])
     assert len(plain) == 8
