@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ConfigError, DataError, first_line
 from .model import Model, TensorSpec
 
-__all__ = ["LABELS_KEY", "GROUPS_KEY", "Dataset", "Preprocess", "load_data", "validate_dataset", "read_images"]
+__all__ = ["LABELS_KEY", "GROUPS_KEY", "Dataset", "Preprocess", "load_data", "validate_dataset", "read_images", "read_npz"]
 
 #: Key of the optional integer class labels in a ``.npz`` dataset.
 LABELS_KEY = "labels"
@@ -58,6 +58,12 @@ class Dataset:
         labels = None if self.labels is None else self.labels[index]
         groups = None if self.groups is None else self.groups[index]
         return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, name or self.name, groups)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The inputs, labels and groups keyed as in a ``.npz`` dataset (the inverse of :func:`read_npz`)."""
+        extra = {key: values for key, values in ((LABELS_KEY, self.labels), (GROUPS_KEY, self.groups))
+                 if values is not None}
+        return {**self.inputs, **extra}
 
     def hold_out(self, count: int) -> tuple[Dataset, Dataset]:
         """About ``count`` samples to judge on (named ``[held out]``) and the rest (``[search]``).
@@ -201,7 +207,7 @@ def load_data(
                 raise DataError(f"{path}: an image folder needs a preprocessing spec (--preprocess size=HxW,...)")
             dataset = read_images(path, preprocess, _single_input(model, path))
         else:
-            dataset = _read_npz(path)
+            dataset = read_npz(path)
     if limit is not None:
         if limit <= 0:
             raise ConfigError(f"limit must be positive, got {limit}")
@@ -210,7 +216,8 @@ def load_data(
     return dataset
 
 
-def _read_npz(path: Path) -> Dataset:
+def read_npz(path: Path) -> Dataset:
+    """A ``.npz`` dataset: arrays keyed by input name, optional ``labels`` and ``groups`` (not yet validated)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}

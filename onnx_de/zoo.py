@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import GROUPS_KEY, LABELS_KEY, Dataset
-from .errors import ZooError, first_line
+from .data import Dataset, read_npz
+from .errors import DataError, ZooError, first_line
 from .fileio import atomic_write_bytes
 from .metrics import MetricSpec
 
@@ -179,19 +179,13 @@ def load_zoo_split(name: str, split: str) -> Dataset:
     path = cache_dir() / "data" / f"{name}-v{DATA_VERSION}-{split}.npz"
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
-            labels, groups = arrays.pop(LABELS_KEY, None), arrays.pop(GROUPS_KEY, None)
-            return Dataset(arrays, labels, f"zoo:{name}/{split}", groups)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            dataset = read_npz(path)
+            dataset.name = f"zoo:{name}/{split}"
+            return dataset
+        except DataError:
             log.warning("rebuilding unreadable cached dataset %s", path)
     dataset = zoo_data.build(entry, split)
-    dataset.name = f"zoo:{name}/{split}"
-    arrays = dict(dataset.inputs)
-    for key, values in ((LABELS_KEY, dataset.labels), (GROUPS_KEY, dataset.groups)):
-        if values is not None:
-            arrays[key] = values
-    _save_npz(path, arrays)
+    _save_npz(path, dataset.arrays())
     return dataset
 
 

@@ -3,7 +3,8 @@ calibration samples the regression never saw generalise better than judging it o
 
 Prunes every layer of a zoo model to ``--sparsity`` by a saliency order (no search), then measures on the
 evaluation split: no compensation; compensation fit and judged on the whole calibration split (what ``sparsify``
-does); compensation fit on its first three quarters and judged on the last quarter. Prints one line each.
+does); compensation fit on three quarters and judged on the quarter held out (whole photographs or fonts where
+the zoo's data has them: ``Dataset.hold_out``). Prints one line each.
 
     python tools/bench_compensation.py efficientnet-lite0 --sparsity 0.3 --prior activation
 """
@@ -61,7 +62,7 @@ def main() -> None:
 
     measure("no compensation")
     measure("fit and judged on all calibration samples", Scorer(teacher, calibration, names, spec), probe)
-    measure(f"fit on the first {len(fitted)}, judged on the other {len(judged)}",
+    measure(f"fit on {len(fitted)}, judged on {len(judged)} held out",
             Scorer(teacher, judged, names, spec), LayerProbe(teacher, prunable, fitted))
 
 
