@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--refits", type=int, default=SearchConfig.refits, metavar="N",
                     help="also refit the survivors N times during the search, evenly spaced (default %(default)s)")
     sp.add_argument("--mask-candidates", type=_mask_candidates, default=tuple(MASK_CANDIDATES), metavar="LIST",
-                    help="DE + compensation: also refit each layer from these masks at DE's per-layer sparsity and "
-                         "keep the best (comma-separated among %s; 'none' for DE's own; default all)"
+                    help="DE + compensation: also run the refit from these masks at DE's per-layer sparsity and "
+                         "keep the best pass (comma-separated among %s; 'none' for DE's own; default all)"
                          % ", ".join(MASK_CANDIDATES))
     sp.add_argument("--held-out", type=float, default=0.0, metavar="F",
                     help="keep this fraction of the calibration samples (whole source groups where the data has "

@@ -7,7 +7,7 @@ captured from the already-refit student, so errors do not accumulate. Zeroed wei
 channel with fewer than ``ROWS_PER_UNKNOWN`` regression rows per surviving weight is left as it is (with 64
 calibration images, a 1280-input classifier would otherwise be fit to noise), and a layer whose refit does not
 lower the Scorer's divergence is put back as it was. Given alternative masks with the same zeros per layer, the
-refit is tried from each and the Scorer keeps the best, so the mask and the refit are chosen together.
+whole refit is run from each and the Scorer keeps the best pass, so the masks and the refit are chosen together.
 """
 
 from __future__ import annotations
@@ -184,65 +184,50 @@ def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], 
     """Refit every layer's surviving weights in graph order, keeping a refit only where it lowers the divergence.
 
     With ``alternatives`` (label -> masks with the same zeros per layer, e.g. the magnitude order at the search's
-    allocation), each layer's refit is tried from every candidate mask as well, and the candidate the Scorer
-    judges best is kept: ``masks`` and the scorer's weights are updated in place. Layer by layer choices are
-    greedy, so the pass with alternatives is kept only where its final divergence beats the pass without
-    (which is only re-run from the first layer where an alternative won).
-    Returns, per layer, the label of the mask kept refit (``search`` for ``masks``' own), or ``None`` where
+    allocation), the whole refit is also run from each of them (from the teacher's weights under that mask), and
+    the pass whose final divergence is lowest is kept: ``masks`` and the scorer's weights are updated in place.
+    Returns, per layer, the label of the masks kept refit (``search`` for ``masks``' own), or ``None`` where
     no refit helped.
     """
-    if not alternatives:
-        return _compensate_pass(scorer, probe, masks, ridge, {})
-    start = ({n: w.copy() for n, w in scorer.weights.items()}, {n: m.copy() for n, m in masks.items()})
-    mixed = _compensate_pass(scorer, probe, masks, ridge, alternatives)
-    order = [name for name, _ in sorted(probe.layers.items(), key=lambda item: item[1].order)]
-    first = next((i for i, name in enumerate(order) if mixed[name] not in (None, "search")), None)
-    if first is None:  # no alternative won anywhere: this is the pass without alternatives
-        return mixed
-    # Up to the first layer an alternative won, the pass without alternatives made the same choices: redo only
-    # the layers from there, from their state before compensation.
-    reference = (scorer.divergence(), {n: w.copy() for n, w in scorer.weights.items()},
-                 {n: m.copy() for n, m in masks.items()})
-    for name in order[first:]:
-        scorer.weights[name][...] = start[0][name]
-        masks[name][...] = start[1][name]
-    plain = {**{name: mixed[name] for name in order[:first]},
-             **_compensate_pass(scorer, probe, masks, ridge, {}, layers=order[first:])}
-    if reference[0] < scorer.divergence():
-        for name in order[first:]:
-            scorer.weights[name][...] = reference[1][name]
-            masks[name][...] = reference[2][name]
-        return mixed
-    log.info("the mask alternatives did not lower the final divergence: kept the search's masks")
-    return plain
+    start = {name: scorer.weights[name].copy() for name in masks}
+    best: tuple[float, dict, dict, dict] | None = None
+    for label, candidate in [("search", masks), *(alternatives or {}).items()]:
+        current = {name: candidate.get(name, mask).copy() for name, mask in masks.items()}
+        if label != "search" and all(np.array_equal(current[name], masks[name]) for name in masks):
+            continue  # the same masks as the search's: the same pass
+        for name, mask in current.items():
+            scorer.weights[name][...] = start[name] if label == "search" else np.where(mask, probe.teacher[name], 0)
+        kept = _compensate_pass(scorer, probe, current, ridge, label)
+        score = scorer.divergence()
+        if alternatives:
+            log.info("refit from the %s masks: divergence %.6g", label, score)
+        if best is None or score < best[0]:
+            best = (score, kept, {name: scorer.weights[name].copy() for name in masks}, current)
+    assert best is not None
+    _, kept, weights, chosen = best
+    for name in masks:
+        scorer.weights[name][...] = weights[name]
+        masks[name][...] = chosen[name]
+    return kept
 
 
 def _compensate_pass(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float,
-                     alternatives: dict[str, dict[str, np.ndarray]],
-                     layers: list[str] | None = None) -> dict[str, str | None]:
-    """One refit of ``layers`` (default: every layer), in graph order."""
+                     label: str) -> dict[str, str | None]:
+    """One refit of every layer, in graph order, from the scorer's weights under ``masks``."""
     kept: dict[str, str | None] = {}
     for name, layer in sorted(probe.layers.items(), key=lambda item: item[1].order):
-        if layers is not None and name not in layers:
-            continue
         if not _supported(layer) or masks[name].all():
             kept[name] = None
             continue
-        best = (scorer.divergence(), scorer.weights[name].copy(), masks[name].copy(), None)
-        x_t = probe.capture(name)
-        x_s = probe.capture(name, scorer.weights)
-        system = _RefitSystem(layer, x_t, x_s, probe.teacher[name], ridge)
-        candidates = [("search", masks[name])] + [(label, alt[name]) for label, alt in alternatives.items()]
-        for label, mask in candidates:
-            current = np.where(mask, probe.teacher[name], 0).astype(best[1].dtype) if label != "search" else best[1]
-            scorer.weights[name][...] = system.solve(mask, current)
-            score = scorer.divergence()
-            if score < best[0]:
-                best = (score, scorer.weights[name].copy(), mask.copy(), label)
-        scorer.weights[name][...] = best[1]
-        masks[name][...] = best[2]
-        kept[name] = best[3]
-        log.info("compensated %s: %s", name, f"refit from the {best[3]} mask" if best[3] else "reverted (no gain)")
+        before = (scorer.divergence(), scorer.weights[name].copy())
+        system = _RefitSystem(layer, probe.capture(name), probe.capture(name, scorer.weights), probe.teacher[name],
+                              ridge)
+        scorer.weights[name][...] = system.solve(masks[name], before[1])
+        helped = scorer.divergence() < before[0]
+        if not helped:
+            scorer.weights[name][...] = before[1]
+        kept[name] = label if helped else None
+        log.info("compensated %s: %s", name, f"refit from the {label} masks" if helped else "reverted (no gain)")
     return kept
 
 

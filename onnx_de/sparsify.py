@@ -100,8 +100,8 @@ def sparsify(
         method: ``de`` (Directed Evolution), or the baselines ``magnitude`` and ``wanda`` (|w| x ||x||),
             each pruning to the same targets.
         compensate: refit surviving weights by least squares afterwards (kept per layer only where it helps).
-        mask_candidates: with DE and compensation, each layer's refit also starts from these masks at the
-            search's per-layer sparsity (``magnitude``, ``wanda``), and the Scorer keeps the best per layer:
+        mask_candidates: with DE and compensation, the whole refit is also run from these masks at the
+            search's per-layer sparsity (``magnitude``, ``wanda``), and the pass the Scorer judges best is kept:
             the search chooses how many weights each layer loses, the final selection which ones.
         held_out: this fraction of the calibration samples (the last ones, or whole source groups where the
             data has them: see :meth:`Dataset.hold_out`) is kept from the search and the

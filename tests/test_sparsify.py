@@ -187,10 +187,17 @@ def test_final_mask_candidates_never_lose_to_the_search_masks_on_calibration(mlp
     with_candidates, _ = mlp90
     plain = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9), mask_candidates=(),
                      eval_data=None)
-    assert with_candidates.divergence <= plain.divergence  # the pass with alternatives is kept only if better
+    assert with_candidates.divergence <= plain.divergence  # a pass from other masks is kept only if better
     assert with_candidates.layers == plain.layers  # the search's allocation is kept: same zeros per layer
     assert set(with_candidates.compensated.values()) <= {"search", "magnitude", "wanda", None}
     assert set(plain.compensated.values()) <= {"search", None}
+    assert len(set(with_candidates.compensated.values()) - {None}) == 1  # one whole pass, from one set of masks
+    # the Wanda masks at the search's allocation, refit, are one of the passes: never better on calibration
+    allocation = {name: layer["sparsity"] for name, layer in with_candidates.layers.items()}
+    wanda = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9, per_layer=allocation),
+                     method="wanda", eval_data=None)
+    assert wanda.layers == with_candidates.layers
+    assert with_candidates.divergence <= wanda.divergence * (1 + 1e-6)
     with pytest.raises(ConfigError, match="mask candidates"):
         sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", mask_candidates=("random",))
 
