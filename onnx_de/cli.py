@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("model", help="an .onnx file (a sparse student, typically) or zoo:NAME")
     _add_data(qz, default_split="calibration")
     qz.add_argument("-o", "--output", type=Path, required=True, help="the .onnx with quantized initializers")
-    qz.add_argument("--bits", type=_parse_bits, default="auto", help="1 to 8, or auto (default; needs --budget)")
+    qz.add_argument("--bits", type=_parse_bits, default="auto",
+                    help="1 to 8 (step: 1 to 14), or auto (default; needs --budget)")
     _add_layer_bits(qz)
     qz.add_argument("--budget", type=float, metavar="MIN",
                     help="with --bits auto: the lowest primary fidelity metric on the calibration data")
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--sparsity", type=float, help="global target fraction of zeros")
     target.add_argument("--per-layer", action="append", type=_parse_per_layer, metavar="NAME|re:PATTERN=FRACTION,...",
                         help="per-layer sparsity targets; repeatable")
-    opt.add_argument("--bits", type=_parse_bits, help="1 to 8, or auto (needs --budget; the default with one)")
+    opt.add_argument("--bits", type=_parse_bits,
+                     help="1 to 8 (step: 1 to 14), or auto (needs --budget; the default with one)")
     _add_layer_bits(opt)
     opt.add_argument("--budget", type=float, metavar="MIN",
                      help="the lowest primary fidelity metric on the calibration data, e.g. 0.98; alone, it "
@@ -475,7 +477,8 @@ def _parse_bits(text: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bits must be an integer from 1 to 8 or auto, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"bits must be an integer (1 to 8; step: 1 to 14) or auto, "
+                                         f"got {text!r}") from None
 
 
 def _quantize(args: argparse.Namespace) -> int:

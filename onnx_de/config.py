@@ -3,7 +3,7 @@
 A config file is TOML::
 
     sparsity = 0.9          # global target; or leave it out and give a budget
-    bits = 4                # 1-8, or "auto" (needs budget)
+    bits = 4                # 1-8 (step: 1-14), or "auto" (needs budget)
     budget = 0.98           # the lowest primary fidelity metric on the calibration data
     seed = 0
 
@@ -28,7 +28,7 @@ from .errors import ConfigError, is_int
 from .evolution import PRIORS, SearchConfig
 from .model import DEFAULT_MIN_SIZE, WeightSelection, matches
 from .parallel import parse_executor
-from .quantizers import MAX_BITS, SCHEMES
+from .quantizers import MAX_BITS, check_bits
 from .runtime import DEVICES
 
 __all__ = ["CONFIG_VERSION", "OptimizeConfig", "LayerOverride", "load_config", "layer_setting"]
@@ -51,9 +51,9 @@ class OptimizeConfig:
     Attributes:
         sparsity: global target fraction of zeros; ``None`` with a ``budget``: the sparsity and bits of the
             smallest container that keeps the budget on held-out calibration samples (see ``optimize``).
-        bits: bits per surviving weight (1-8) or ``auto`` (fewest within ``budget``).
+        bits: bits per surviving weight (1-8; ``step``: 1-14) or ``auto`` (fewest within ``budget``).
         budget: the lowest primary fidelity metric (top-1 agreement, mask IoU, ...) on the calibration data.
-        scheme: ``codebook`` or ``uniform`` levels.
+        scheme: ``codebook``, ``uniform`` or ``step`` levels.
         per_channel: a scale or codebook per output channel (default: per channel for uniform, per tensor for
             codebooks).
         seed: random seed of the search.
@@ -111,10 +111,10 @@ class OptimizeConfig:
             self.bits = "auto" if self.budget is not None else 4
         if self.bits == "auto" and self.budget is None:
             raise ConfigError("bits = auto needs a fidelity budget")
-        if self.bits != "auto" and (not is_int(self.bits) or not 1 <= self.bits <= MAX_BITS):
-            raise ConfigError(f"bits must be 'auto' or an integer from 1 to {MAX_BITS}, got {self.bits!r}")
-        if self.scheme not in SCHEMES:
-            raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        check_bits(self.bits, self.scheme, auto=True)  # and the scheme
+        for key, override in self.layers.items():
+            if override.bits is not None:
+                check_bits(override.bits, self.scheme, f"layers.{key}.bits")
         if self.prior not in PRIORS:
             raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         parse_executor(self.executor, self.workers)
@@ -239,7 +239,7 @@ def _override(key: str, value) -> LayerOverride:
     if sparsity is not None and (not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool)
                                  or not 0 <= sparsity < 1):
         raise ConfigError(f"layers.{key}.sparsity must be in [0, 1), got {sparsity!r}")
-    if bits is not None and (not is_int(bits) or not 1 <= bits <= MAX_BITS):
+    if bits is not None and (not is_int(bits) or not 1 <= bits <= MAX_BITS):  # the scheme's own range: see above
         raise ConfigError(f"layers.{key}.bits must be an integer from 1 to {MAX_BITS}, got {bits!r}")
     if key.startswith("re:"):
         try:

@@ -2,7 +2,11 @@
 
 - Uniform levels: an ``int8`` initializer (symmetric windows) or a ``uint8`` one with a zero point
   (asymmetric windows) feeding ``DequantizeLinear``, per tensor (opset >= 10) or per output channel
-  (opset >= 13). Below those opsets the same arithmetic is spelled ``Cast`` / ``Sub`` / ``Mul``.
+  (opset >= 13). Below those opsets, and for weights a ``MatMul`` reads, the same arithmetic is spelled
+  ``Cast`` / ``Sub`` / ``Mul``: ONNX Runtime (1.31) fuses ``DequantizeLinear`` into a following ``MatMul`` as
+  ``MatMulNBits`` with int8 activations, whose outputs are no longer those of the dequantized weights.
+- Step levels: ``int8`` with ``DequantizeLinear`` where they fit, else ``int16`` or ``int32`` with ``Cast``
+  and ``Mul`` (``DequantizeLinear`` reads those only from opset 21).
 - Codebooks: a ``uint8`` (``uint16`` for 8 bits) index initializer, ``Cast`` to int32, and ``Gather`` from a
   float table whose entry 0 is the exact zero of pruned weights; per channel, a ``Mul`` by each channel's scale.
 
@@ -31,12 +35,14 @@ def export_quantized(model: Model, quantized: dict[str, QuantizedTensor]) -> onn
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     taken = {t.name for t in graph.initializer} | {n for node in graph.node for n in (*node.input, *node.output)}
+    matmul_read = {name for node in graph.node if node.op_type == "MatMul" for name in node.input}
     kept, added, nodes = [], [], []
     for tensor in graph.initializer:
         if tensor.name not in quantized:
             kept.append(tensor)
             continue
-        new_nodes, new_tensors = _dequantizer(tensor.name, quantized[tensor.name], opset, taken)
+        linear = tensor.name not in matmul_read  # DequantizeLinear where ONNX Runtime keeps its arithmetic
+        new_nodes, new_tensors = _dequantizer(tensor.name, quantized[tensor.name], opset if linear else 0, taken)
         nodes += new_nodes
         added += new_tensors
     del graph.initializer[:]
@@ -51,7 +57,7 @@ def export_quantized(model: Model, quantized: dict[str, QuantizedTensor]) -> onn
 
 
 def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
-    """The nodes and initializers that rebuild weight ``name`` from ``q``."""
+    """The nodes and initializers that rebuild weight ``name`` from ``q`` (``opset`` 0: no DequantizeLinear)."""
 
     def fresh(suffix: str) -> str:
         candidate, number = f"{name}.{suffix}", 1
@@ -76,7 +82,7 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
         return nodes, tensors
     per_channel = q.axis is not None
     if q.symmetric:
-        stored, zero_point = q.levels.astype(np.int8), None
+        stored, zero_point = q.levels.astype(_signed_type(q.levels)), None  # int8 but for the step's fine grids
     else:
         low = np.asarray(q.window_low)
         offset = low.reshape(channel_shape(q.levels.ndim, q.axis)) if per_channel else low
@@ -85,7 +91,7 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
     scale = np.asarray(q.scale, dtype=np.float32)
     levels_name, scale_name = fresh("quantized"), fresh("scale")
     tensors = [numpy_helper.from_array(stored, levels_name)]
-    if opset >= (13 if per_channel else 10):
+    if opset >= (13 if per_channel else 10) and stored.dtype.itemsize == 1:
         tensors.append(numpy_helper.from_array(scale, scale_name))
         inputs = [levels_name, scale_name]
         if zero_point is not None:
@@ -106,6 +112,12 @@ def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):
         as_float = centred
     nodes.append(helper.make_node("Mul", [as_float, scale_name], [name]))
     return nodes, tensors
+
+
+def _signed_type(levels: np.ndarray) -> type:
+    """The narrowest of int8, int16 and int32 that holds ``levels``."""
+    low, high = int(levels.min(initial=0)), int(levels.max(initial=0))
+    return next(t for t in (np.int8, np.int16, np.int32) if np.iinfo(t).min <= low and high <= np.iinfo(t).max)
 
 
 def fold_values(graph: onnx.GraphProto, constants: set[str],

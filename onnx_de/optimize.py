@@ -14,9 +14,10 @@ from .errors import ConfigError
 from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import Model, load_model
-from .quantize import QuantizeResult, quantize, weight_energies
+from .quantize import QuantizeResult, quantize, unquantized, weight_energies
+from .quantizers import max_bits
 from .report import render_html
-from .sparsify import SparsifyResult, sparsify
+from .sparsify import SparsifyResult, sparsify, unpruned
 from .zoo import open_model, zoo_path
 
 __all__ = ["OUTPUTS", "OptimizeResult", "optimize"]
@@ -25,10 +26,11 @@ log = logging.getLogger(__name__)
 
 OUTPUTS = ("model.onnx", "model.ode", "report.json", "report.html")
 CHECKPOINT = ".search.checkpoint.npz"
-_BUDGET_LADDER = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)  # sparsity levels a budget search climbs
+_BUDGET_LADDER = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)  # sparsity levels a budget search climbs after 0
 _BUDGET_LIGHTER = (0.3, 0.1)  # tried in turn when the ladder's first level keeps nothing
-_BUDGET_BITS = (6, 5, 4, 3, 2)  # each level's widths, down while the budget holds
-_BUDGET_WIDER = (7, 8)  # tried in turn when 6 bits miss
+_BUDGET_FIRST_BITS = 6  # where the first level starts: down from here while the budget holds, else up
+_BUDGET_FEWEST_BITS = 2
+_BUDGET_STEP_BITS = (10, 11, 12, 13, 14)  # model-wide steps past the scheme's 8 bits, for budgets near 1
 
 
 @dataclass
@@ -75,7 +77,8 @@ class OptimizeResult:
                               f"{self.ratio:.1f}x smaller)"),
                 ("sparsity", f"{self.sparsified.sparsity:.3f}" + (" (stopped by the budget)"
                                                                   if self.sparsified.stopped == "budget" else "")),
-                ("bits", f"{self.quantized.average_bits:.2f} per surviving weight ({self.quantized.scheme})")]
+                ("bits", "none: float32 weights, coded losslessly" if self.quantized.scheme == "lossless" else
+                         f"{self.quantized.average_bits:.2f} per surviving weight ({self.quantized.scheme})")]
         if self.fidelity:
             primary = self.fidelity["primary"]
             extra = (f", accuracy {self.fidelity['accuracy']:.4f} (original {self.fidelity['teacher_accuracy']:.4f})"
@@ -174,69 +177,95 @@ def optimize(
 
 
 def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: OptimizeConfig, progress):
-    """Sparsity levels up a ladder, and bits down from 6, each pair judged on held-out calibration samples.
+    """Sparsity levels up a ladder, and settings (scheme and bits) at each, judged on held-out calibration samples.
 
     A quarter of the calibration data is held out (whole source groups where the data has them, see
-    :meth:`Dataset.hold_out`): DE, compensation and quantization never see it, so
-    it shows what the fitted student does on samples it was not fitted to. Where 6 bits miss the budget, 7 and 8
-    are tried; where the first level (50%) keeps nothing, lighter levels are. Returns the sparsify and quantize
-    results of the smallest container whose held-out primary metric keeps the budget (the least sparse,
-    widest setting tried when none does), and every setting tried.
+    :meth:`Dataset.hold_out`): DE, compensation and quantization never see it, so it shows what the fitted
+    student does on samples it was not fitted to. The first level prunes nothing; its first setting is the
+    scheme at 6 bits, then fewer bits while the budget holds, or more (up to 8, then finer model-wide steps)
+    until it does. Each sparser level starts from the fewest bits the level before kept, since more zeros only
+    need as many bits or more. The ladder stops at the first level that keeps nothing (where that is the first
+    sparse level, lighter ones are tried). Returns the sparsify and quantize results of the smallest container
+    that keeps the budget, and every setting tried; where nothing does, the lossless container (the teacher).
     """
     if len(calibration) < 8:
         raise ConfigError(f"a budget search needs at least 8 calibration samples to hold a quarter out, "
                           f"got {len(calibration)}")
     search, check = calibration.hold_out(len(calibration) // 4)
+    settings = _budget_settings(config)
     tried = []
-    chosen = {}  # "best": (bytes, sparsify, quantize) of the smallest kept; "least": the least compressed tried
+    best = None  # (bytes, sparsify, quantize) of the smallest container that keeps the budget
 
-    def level_keeps(level: float) -> bool:
-        """Sparsify to ``level``, then try widths; whether any width kept the budget."""
-        sparse = sparsify(teacher, search, config=config.search(level), compensate=config.compensate,
-                          selection=config.selection, intra_op_threads=config.threads, metric=spec,
-                          progress=progress, workers=config.workers, executor=config.executor, device=config.device)
-        energies = weight_energies(sparse.student, search, config.threads)  # shared by every width
+    def fewest_kept(level: float, start: int | None) -> int | None:
+        """At ``level``, the index of the first setting that keeps the budget (from ``start``), or None."""
+        if level == 0:
+            sparse = unpruned(teacher)
+        else:
+            sparse = sparsify(teacher, search, config=config.search(level), compensate=config.compensate,
+                              selection=config.selection, intra_op_threads=config.threads, metric=spec,
+                              progress=progress, workers=config.workers, executor=config.executor,
+                              device=config.device)
+        energies = {}  # computed once per level, when a weighted scheme first needs them
 
-        def width_keeps(width: int) -> bool:
-            quantized = quantize(sparse.student, search, bits=width, scheme=config.scheme,
-                                 per_channel=config.per_channel, teacher=teacher,
+        def keeps(index: int) -> bool:
+            nonlocal best
+            scheme, width = settings[index]
+            if scheme != "step" and not energies:
+                energies.update(weight_energies(sparse.student, search, config.threads))
+            own = scheme == config.scheme
+            quantized = quantize(sparse.student, search, bits=width, scheme=scheme,
+                                 per_channel=config.per_channel if own else None, teacher=teacher,
                                  selection=config.selection, eval_data=check, intra_op_threads=config.threads,
-                                 layer_bits=config.layer_bits(), metric=spec, energies=energies,
-                                 entropy_weight=config.entropy_weight)
+                                 layer_bits=config.layer_bits() if own else None, metric=spec,
+                                 energies=energies or None, entropy_weight=config.entropy_weight if own else 0.0)
             size = len(encode(quantized.student, fast_decode=config.fast_decode))
             metric = quantized.fidelity[quantized.fidelity["primary"]]
-            tried.append({"sparsity": level, "bits": width, "container": size, "held_out_metric": metric,
-                          "kept": metric >= config.budget})
-            log.info("budget search: sparsity %.2f, %d bits: %d bytes, held-out %s %.4f", level, width, size,
-                     spec.primary, metric)
-            if "least" not in chosen or (level, -width) < chosen["least"][0]:
-                chosen["least"] = ((level, -width), sparse, quantized)
-            if metric < config.budget:
-                return False
-            if "best" not in chosen or size < chosen["best"][0]:
-                chosen["best"] = (size, sparse, quantized)
-            return True
+            kept = metric >= config.budget
+            tried.append({"sparsity": level, "scheme": scheme, "bits": width, "container": size,
+                          "held_out_metric": metric, "kept": kept})
+            log.info("budget search: sparsity %.2f, %s %d bits: %d bytes, held-out %s %.4f", level, scheme, width,
+                     size, spec.primary, metric)
+            if kept and (best is None or size < best[0]):
+                best = (size, sparse, quantized)
+            return kept
 
-        if config.bits != "auto":
-            return width_keeps(config.bits)
-        if not width_keeps(_BUDGET_BITS[0]):
-            return any(width_keeps(width) for width in _BUDGET_WIDER)  # stops at the first that keeps
-        for width in _BUDGET_BITS[1:]:
-            if not width_keeps(width):
-                break  # fewer bits only lose more
-        return True
+        if start is None:  # the first level: from 6 bits, down while the budget holds, else up until it does
+            index = next((i for i, s in enumerate(settings) if s == (config.scheme, _BUDGET_FIRST_BITS)), 0)
+            if keeps(index):
+                while index > 0 and keeps(index - 1):
+                    index -= 1
+                return index
+            start = index + 1
+        return next((index for index in range(start, len(settings)) if keeps(index)), None)
 
-    if level_keeps(_BUDGET_LADDER[0]):
-        for level in _BUDGET_LADDER[1:]:
-            if not level_keeps(level):
-                break  # sparser only loses more
-    else:
-        any(level_keeps(level) for level in _BUDGET_LIGHTER)  # stops at the first that keeps
-    if "best" not in chosen:
-        log.warning("no setting keeps the budget %.4f on held-out samples; returning the least compressed tried",
-                    config.budget)
-    _, sparse, quantized = chosen.get("best") or chosen["least"]
+    fewest = fewest_kept(0.0, None)
+    if fewest is not None:
+        climbed = fewest_kept(_BUDGET_LADDER[0], fewest)
+        if climbed is None:
+            for level in _BUDGET_LIGHTER:  # stops at the first that keeps
+                if fewest_kept(level, fewest) is not None:
+                    break
+        else:
+            for level in _BUDGET_LADDER[1:]:
+                climbed = fewest_kept(level, climbed)
+                if climbed is None:
+                    break  # sparser only loses more
+    if best is None:
+        log.warning("no quantized setting keeps the budget %.4f on held-out samples; the container keeps the "
+                    "weights losslessly", config.budget)
+        return unpruned(teacher), unquantized(teacher), tried
+    _, sparse, quantized = best
     return sparse, quantized, tried
+
+
+def _budget_settings(config: OptimizeConfig) -> list[tuple[str, int]]:
+    """The (scheme, bits) a budget search may try, from the fewest bits to the most faithful."""
+    if config.bits != "auto":
+        return [(config.scheme, config.bits)]
+    settings = [(config.scheme, width) for width in range(_BUDGET_FEWEST_BITS, max_bits(config.scheme) + 1)]
+    if config.scheme != "step":
+        settings += [("step", width) for width in _BUDGET_STEP_BITS]
+    return settings
 
 
 def _original_bytes(model, teacher: Model) -> int:

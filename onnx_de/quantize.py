@@ -12,17 +12,17 @@ from .allocation import search_bits
 from .compensate import LayerProbe, input_energy
 from .config import layer_setting
 from .data import Dataset, load_data
-from .errors import ConfigError, is_int
+from .errors import ConfigError
 from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .export import export_quantized
 from .fileio import atomic_write_bytes
 from .metrics import MetricSpec
 from .model import Model, WeightSelection, load_model
-from .quantizers import MAX_BITS, SCHEMES, QuantizedTensor, quantize_tensor
+from .quantizers import QuantizedTensor, check_bits, max_bits, quantize_tensor, survivors_rms
 from .scoring import Scorer
 from .zoo import open_model
 
-__all__ = ["QuantizeResult", "quantize", "weight_energies"]
+__all__ = ["QuantizeResult", "quantize", "unquantized", "weight_energies"]
 
 
 @dataclass
@@ -73,9 +73,12 @@ def quantize(
     Args:
         model: the model to quantize (typically a sparse student; path, Model or ``zoo:NAME``).
         data: calibration data (``zoo:NAME`` uses its calibration split).
-        bits: bits per surviving weight for every layer (1 to 8), or ``auto`` to search per layer.
+        bits: bits per surviving weight for every layer (1 to 8; ``step``: 1 to 14), or ``auto`` to search
+            per layer.
         budget: with ``bits="auto"``: the lowest primary fidelity metric on the calibration set allowed.
-        scheme: ``codebook`` (Lloyd-Max levels) or ``uniform`` (DequantizeLinear grids).
+        scheme: ``codebook`` (Lloyd-Max levels), ``uniform`` (DequantizeLinear grids) or ``step`` (one step
+            for the whole model, ``2**bits`` of them across +-4 RMS of its survivors, nothing clipped: for
+            high-fidelity settings; see :mod:`onnx_de.quantizers`).
         symmetric: uniform only: symmetric windows, else windows fitted to each range.
         per_channel: one scale (uniform) or one codebook (codebook) per output channel, else one per tensor;
             default (``None``): per channel for uniform grids, per tensor for codebooks (a table per channel
@@ -99,19 +102,17 @@ def quantize(
             equal evaluation fidelity; the trade differs by layer, so measure it per model (BENCHMARKS.md).
     """
     started = time.perf_counter()
-    if scheme not in SCHEMES:
-        raise ConfigError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    if bits != "auto" and (not isinstance(bits, int) or not 1 <= bits <= MAX_BITS):
-        raise ConfigError(f"bits must be 'auto' or an integer from 1 to {MAX_BITS}, got {bits!r}")
+    check_bits(bits, scheme, auto=True)  # and the scheme
     if bits == "auto" and budget is None:
         raise ConfigError("automatic bits need a fidelity budget (--budget / budget=, e.g. 0.98)")
     if budget is not None and not 0 < budget <= 1:
         raise ConfigError(f"budget must be in (0, 1], got {budget}")
     for pattern, width in (layer_bits or {}).items():
-        if not is_int(width) or not 1 <= width <= MAX_BITS:
-            raise ConfigError(f"layer bits {pattern}={width!r} must be an integer from 1 to {MAX_BITS}")
+        check_bits(width, scheme, f"layer bits {pattern}")
     if per_channel is None:
         per_channel = scheme == "uniform"
+    if per_channel and scheme == "step":
+        raise ConfigError("step levels share one step across the model: per channel does not apply")
     if scheme != "codebook" and entropy_weight:
         raise ConfigError("an entropy weight applies to codebooks only")
     student_in = open_model(model, selection or WeightSelection(), require_prunable=True)
@@ -122,7 +123,7 @@ def quantize(
     spec = resolve_metric(metric, student_in, data, model)
     evaluation = evaluation_data(eval_data, data, student_in)
     weights = _quantizable(student_in)
-    if not weighted:
+    if not weighted or scheme == "step":  # a step rounds to the nearest level: no error weights
         energies = {w.name: None for w in weights}
     elif energies is None:
         energies = weight_energies(student_in, calibration, intra_op_threads)
@@ -130,16 +131,17 @@ def quantize(
         raise ConfigError(f"energies given for {sorted(energies)}, not for every weight to quantize")
 
     fixed = {w.name: layer_setting(w.name, layer_bits or {}) for w in weights}
+    rms = survivors_rms(student_in.initializer(w.name) for w in weights) if scheme == "step" else None
 
     def quantized(w, width: int) -> QuantizedTensor:
         return quantize_tensor(student_in.initializer(w.name), width, scheme, symmetric=symmetric,
                                axis=w.out_axis if per_channel else None, energy=energies[w.name],
-                               entropy_weight=entropy_weight)
+                               entropy_weight=entropy_weight, reference=rms)
 
     calibration_metric = None
     if bits == "auto":
         by_layer = {w.name: {width: quantized(w, width) for width in
-                             ([fixed[w.name]] if fixed[w.name] else range(1, MAX_BITS + 1))} for w in weights}
+                             ([fixed[w.name]] if fixed[w.name] else range(1, max_bits(scheme) + 1))} for w in weights}
         scorer = Scorer(student_in, calibration, [w.name for w in weights], spec,
                         intra_op_threads=intra_op_threads, reference=reference)
         chosen, calibration_metric = search_bits(scorer, by_layer, budget)
@@ -168,6 +170,12 @@ def quantize(
         calibration_metric=calibration_metric, fidelity=fidelity, seconds=time.perf_counter() - started,
         settings=settings,
     )
+
+
+def unquantized(model: Model) -> QuantizeResult:
+    """The result of quantizing nothing: ``model`` as it is, its weights float32 (the lossless container's)."""
+    return QuantizeResult(student=model, quantized={}, scheme="lossless", layers={}, average_bits=32.0,
+                          settings={"bits": None})
 
 
 def weight_energies(model: Model, calibration: Dataset, intra_op_threads: int | None = None) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ from .runtime import resolve_device
 from .scoring import Scorer
 from .zoo import open_model
 
-__all__ = ["METHODS", "SparsifyResult", "sparsify", "student_model"]
+__all__ = ["METHODS", "SparsifyResult", "sparsify", "student_model", "unpruned"]
 
 log = logging.getLogger(__name__)
 
@@ -194,18 +194,31 @@ def sparsify(
         fidelity = None
         if evaluation is not None:
             fidelity = evaluate(teacher, student, evaluation, metric=spec, intra_op_threads=intra_op_threads)
-        total = sum(m.size for m in masks.values())
-        zeros = sum(int(m.size - np.count_nonzero(m)) for m in masks.values())
-        layers = {
-            name: {"size": int(mask.size), "zeros": int(mask.size - np.count_nonzero(mask)),
-                   "sparsity": float(1 - np.count_nonzero(mask) / mask.size)}
-            for name, mask in masks.items()
-        }
+        layers, overall = _layer_sparsity(masks)
         return SparsifyResult(
             student=student, masks=masks, method=method, config=config.to_dict(), layers=layers,
-            sparsity=zeros / total, divergence=divergence, trajectory=trajectory, compensated=compensated,
+            sparsity=overall, divergence=divergence, trajectory=trajectory, compensated=compensated,
             fidelity=fidelity, seconds=time.perf_counter() - started, stopped=stopped,
         )
+
+
+def unpruned(teacher: Model) -> SparsifyResult:
+    """The result of pruning nothing: ``teacher`` itself as the student (its own zeros, if any, as masks)."""
+    masks = {w.name: teacher.initializer(w.name) != 0 for w in teacher.prunable}
+    layers, overall = _layer_sparsity(masks)
+    return SparsifyResult(student=teacher, masks=masks, method="none", config={"sparsity": 0.0}, layers=layers,
+                          sparsity=overall, divergence=0.0)
+
+
+def _layer_sparsity(masks: dict[str, np.ndarray]) -> tuple[dict[str, dict], float]:
+    """Per layer its size, zeros and sparsity; and the sparsity of all layers together."""
+    layers = {
+        name: {"size": int(mask.size), "zeros": int(mask.size - np.count_nonzero(mask)),
+               "sparsity": float(1 - np.count_nonzero(mask) / mask.size)}
+        for name, mask in masks.items()
+    }
+    total = sum(layer["size"] for layer in layers.values())
+    return layers, sum(layer["zeros"] for layer in layers.values()) / max(total, 1)
 
 
 def prune_by_saliency(importance: dict[str, np.ndarray], config: SearchConfig) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 
 import onnx_de
@@ -139,7 +140,9 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
     assert kept and all(t["held_out_metric"] >= 0.97 for t in kept)
     assert all(t["held_out_metric"] < 0.97 for t in tried if not t["kept"])
     best = min(kept, key=lambda t: t["container"])
-    assert (result.sparsified.config["sparsity"], result.quantized.average_bits) == (best["sparsity"], best["bits"])
+    assert (result.sparsified.config["sparsity"], result.quantized.scheme, result.quantized.average_bits) == (
+        best["sparsity"], best["scheme"], best["bits"])
+    assert (tried[0]["sparsity"], tried[0]["scheme"], tried[0]["bits"]) == (0.0, "codebook", 6)  # unpruned first
     # The chosen setting, rebuilt into the final container, has the size the search measured.
     assert result.container_bytes == best["container"]
     levels = sorted({t["sparsity"] for t in tried})
@@ -147,10 +150,15 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
     assert not failed or failed == [levels[-1]]  # the ladder stops at the first level that keeps nothing
 
 
-def test_a_budget_nothing_keeps_tries_lighter_levels_and_returns_the_least_compressed(tmp_path, caplog):
+def test_a_budget_nothing_keeps_returns_the_lossless_container(tmp_path, caplog):
     result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, budget=0.97, bits=1, calibration_samples=96)
     tried = result.to_dict()["budget_search"]
-    assert [(t["sparsity"], t["bits"], t["kept"]) for t in tried] == [(0.5, 1, False), (0.3, 1, False),
-                                                                      (0.1, 1, False)]
-    assert result.sparsified.config["sparsity"] == 0.1
-    assert "no setting keeps the budget" in caplog.text
+    assert [(t["sparsity"], t["bits"], t["kept"]) for t in tried] == [(0.0, 1, False)]  # sparser only loses more
+    assert "no quantized setting keeps the budget" in caplog.text
+    assert result.quantized.scheme == "lossless" and result.sparsified.sparsity == 0
+    assert result.fidelity["top1_agreement"] == 1.0  # decoded from the container: the teacher, bit for bit
+    decoded = {t.name: numpy_helper.to_array(t) for t in onnx_de.decode(tmp_path / "model.ode").graph.initializer}
+    teacher = onnx_de.open_model("zoo:mnist-mlp")
+    assert teacher.prunable
+    for weight in teacher.prunable:
+        assert np.array_equal(decoded[weight.name], teacher.initializer(weight.name))

@@ -13,7 +13,7 @@ from onnx_de import ConfigError
 from onnx_de.evolution import SearchConfig
 from onnx_de.export import export_quantized
 from onnx_de.quantize import quantize, weight_energies
-from onnx_de.quantizers import quantize_tensor
+from onnx_de.quantizers import quantize_tensor, survivors_rms
 from onnx_de.sparsify import sparsify, student_model
 
 from helpers import gemm_model, run
@@ -28,6 +28,8 @@ SETTINGS = [
     ("uniform", {"axis": 0}),
     ("uniform", {"axis": 0, "symmetric": False}),
 ]
+WINDOWED = SETTINGS  # every setting but the step's holds at most 2**bits levels
+STEP = ("step", {})
 
 
 @settings(max_examples=60, deadline=None)
@@ -36,7 +38,7 @@ SETTINGS = [
     bits=st.integers(1, 8),
     sparsity=st.floats(0.0, 0.99),
     offset=st.floats(-2, 2),
-    setting=st.sampled_from(SETTINGS),
+    setting=st.sampled_from(WINDOWED),
 )
 def test_zeros_stay_zero_survivors_stay_alive_and_levels_are_bounded(seed, bits, sparsity, offset, setting):
     rng = np.random.default_rng(seed)
@@ -52,7 +54,27 @@ def test_zeros_stay_zero_survivors_stay_alive_and_levels_are_bounded(seed, bits,
         assert len(np.unique(row[row != 0])) <= 2**bits
 
 
-@pytest.mark.parametrize("scheme, options", [s for s in SETTINGS if "entropy_weight" not in s[1]])
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), bits=st.integers(1, 14), sparsity=st.floats(0.0, 0.99), offset=st.floats(-2, 2),
+       spread=st.floats(0.01, 100))
+def test_step_levels_share_one_step_keep_the_mask_and_round_each_survivor_to_its_nearest(seed, bits, sparsity,
+                                                                                          offset, spread):
+    rng = np.random.default_rng(seed)
+    weight = (rng.normal(size=(12, 40)) + offset).astype(np.float32)
+    weight[rng.random(weight.shape) < sparsity] = 0
+    other = (spread * rng.normal(size=(30,))).astype(np.float32)  # another layer of the model, another range
+    rms = survivors_rms([weight, other])
+    q, q_other = (quantize_tensor(w, bits, "step", reference=rms) for w in (weight, other))
+    assert q.scale == q_other.scale == np.float32(8 * rms / 2**bits)  # one step for the model
+    values = q.dequantize()
+    assert ((values == 0) == (weight == 0)).all()
+    error = np.abs(values - weight)[weight != 0]
+    small = np.abs(weight[weight != 0]) < q.scale / 2  # rounded away from zero, to +-step: the mask holds the zeros
+    assert (error[~small] <= q.scale / 2 * (1 + 1e-5) + 1e-6 * np.abs(weight[weight != 0][~small])).all()
+    assert (error[small] <= q.scale).all()
+
+
+@pytest.mark.parametrize("scheme, options", [s for s in SETTINGS if "entropy_weight" not in s[1]] + [STEP])
 def test_more_bits_give_smaller_errors(scheme, options):  # an entropy price trades error away on purpose
     rng = np.random.default_rng(1)
     weight = rng.normal(size=(64, 128)).astype(np.float32)
@@ -104,8 +126,14 @@ def test_entropy_constrained_codebooks_trade_error_for_shorter_codes(mlp):
 
 
 def test_bad_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="bits must be between 1 and 8"):
+    with pytest.raises(ConfigError, match="bits must be an integer from 1 to 8 for codebook levels"):
         quantize_tensor(np.ones((4, 4), np.float32), 9)
+    with pytest.raises(ConfigError, match="from 1 to 14 for step levels"):
+        quantize_tensor(np.ones((4, 4), np.float32), 15, "step")
+    with pytest.raises(ConfigError, match="per tensor"):
+        quantize_tensor(np.ones((4, 4), np.float32), 10, "step", axis=0)
+    with pytest.raises(ConfigError, match="per channel does not apply"):
+        quantize("zoo:mnist-mlp", "zoo:mnist-mlp", bits=10, scheme="step", per_channel=True)
     with pytest.raises(ConfigError, match="entropy weight must be >= 0"):
         quantize_tensor(np.ones((4, 4), np.float32), 4, entropy_weight=-1)
     with pytest.raises(ConfigError, match="codebooks only"):
@@ -115,27 +143,57 @@ def test_bad_settings_are_config_errors():
 
 
 @pytest.mark.parametrize("model_name", ["mnist-lenet5", "mnist-mlp"])
-@pytest.mark.parametrize("scheme, options", SETTINGS)
-def test_exported_model_passes_the_checker_and_computes_the_simulation(model_name, scheme, options, tmp_path):
+@pytest.mark.parametrize("scheme, options, bits", [(*s, 4) for s in SETTINGS] + [(*STEP, 4), (*STEP, 14)])
+def test_exported_model_passes_the_checker_and_computes_the_simulation(model_name, scheme, options, bits, tmp_path):
     model = onnx_de.open_model(f"zoo:{model_name}")
     quantized = {}
-    for w in model.prunable:
-        weight = model.initializer(w.name).copy()
+    weights = {w.name: model.initializer(w.name).copy() for w in model.prunable}
+    for weight in weights.values():
         weight[np.abs(weight) < np.quantile(np.abs(weight), 0.7)] = 0
+    rms = survivors_rms(weights.values())
+    for w in model.prunable:
         axis = w.out_axis if "axis" in options else None
-        quantized[w.name] = quantize_tensor(weight, 4, scheme, symmetric=options.get("symmetric", True), axis=axis)
+        quantized[w.name] = quantize_tensor(weights[w.name], bits, scheme, symmetric=options.get("symmetric", True),
+                                            axis=axis, reference=rms if scheme == "step" else None)
     exported = export_quantized(model, quantized)
     onnx.checker.check_model(exported, full_check=True)
     ops = {node.op_type for node in exported.graph.node}
-    assert ("Gather" in ops) if scheme == "codebook" else ("DequantizeLinear" in ops)
     stored = {t.name: t.data_type for t in exported.graph.initializer}
     assert not set(quantized) & set(stored)  # no float copy of a quantized weight is left behind
-    assert all(dtype in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for name, dtype in stored.items()
-               if name.endswith((".quantized", ".indices")))
+    narrow = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    levels = [dtype for name, dtype in stored.items() if name.endswith((".quantized", ".indices"))]
+    if scheme == "step" and bits == 14:  # levels past int8: int16 and Cast + Mul (DequantizeLinear needs opset 21)
+        assert onnx.TensorProto.INT16 in levels and {"Cast", "Mul"} <= ops
+    else:
+        assert ("Gather" in ops) if scheme == "codebook" else ("DequantizeLinear" in ops)
+        assert all(dtype in narrow for dtype in levels)
     simulated = student_model(model, {name: q.dequantize() for name, q in quantized.items()})
     data = onnx_de.load_data(f"zoo:{model_name}", model, limit=64)
     for a, b in zip(run(exported, data.inputs), run(simulated.proto, data.inputs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # equal weights; kernels may differ (QDQ)
+
+
+def test_step_levels_past_int16_as_int32_and_matmul_weights_compute_the_simulation_and_decode_exactly():
+    rng = np.random.default_rng(5)
+    proto = gemm_model(rng)
+    model = onnx_de.load_model(proto, onnx_de.WeightSelection(min_size=1))
+    weights = {w.name: model.initializer(w.name).copy() for w in model.prunable}
+    first = next(iter(weights))
+    weights[first][0, 0] = 3000 * survivors_rms(weights.values())  # an outlier: millions of steps out
+    rms = survivors_rms(weights.values())
+    quantized = {name: quantize_tensor(w, 14, "step", reference=rms) for name, w in weights.items()}
+    assert np.abs(quantized[first].levels).max() > np.iinfo(np.int16).max
+    exported = export_quantized(model, quantized)
+    onnx.checker.check_model(exported, full_check=True)
+    assert onnx.TensorProto.INT32 in {t.data_type for t in exported.graph.initializer}
+    # V is read by a MatMul: no DequantizeLinear, which ONNX Runtime would fuse into int8-activation MatMulNBits
+    assert "DequantizeLinear" not in {node.op_type for node in exported.graph.node}
+    simulated = student_model(model, {name: q.dequantize() for name, q in quantized.items()})
+    x = {"x": rng.normal(size=(5, 64)).astype(np.float32)}
+    expected = run(simulated.proto, x)[0]
+    np.testing.assert_allclose(run(exported, x)[0], expected, rtol=1e-5, atol=1e-5)
+    decoded = onnx_de.decode(onnx_de.encode(exported))
+    np.testing.assert_allclose(run(decoded, x)[0], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_old_opsets_get_the_same_arithmetic_without_dequantize_linear():

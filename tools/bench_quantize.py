@@ -10,6 +10,9 @@ budget is the primary metric on the calibration split, ``--points`` below the un
 
     python tools/bench_quantize.py mnist-mlp:0.9 mnist-lenet5 ppocr-cls
     python tools/bench_quantize.py mnist-mlp:0.9 ppocr-cls --curve --points 0.5 1 2 3 5
+    python tools/bench_quantize.py efficientnet-lite0 --fixed-only --grid step:8,9,10,11,12 codebook:8
+
+``--grid SCHEME:BITS,...`` replaces the fixed rows' settings; their container bytes are those of ``encode``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ from pathlib import Path
 os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="onnx-de-bench-"))
 
 import onnx_de  # noqa: E402
+from onnx_de.codec import encode  # noqa: E402
 from onnx_de.evolution import SearchConfig  # noqa: E402
 from onnx_de.quantize import quantize, weight_energies  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
+from onnx_de.zoo import zoo_path  # noqa: E402
+
+DEFAULT_GRID = [(scheme, bits) for bits in (3, 4, 6) for scheme in ("codebook", "uniform")]
 
 
 def prepare(target: str, folder: Path, threads: int | None):
@@ -45,19 +52,20 @@ def primary(fidelity: dict) -> float:
 
 
 def run(target: str, folder: Path, points: float, threads: int | None, fixed_only: bool = False,
-        auto_only: bool = False):
+        auto_only: bool = False, grid: list[tuple[str, int]] = DEFAULT_GRID):
     zoo, model, label, calibration = prepare(target, folder, threads)
     start = primary(onnx_de.evaluate(zoo, model, calibration, intra_op_threads=threads))
     options = dict(teacher=zoo, eval_data=zoo, intra_op_threads=threads)
-    fixed_rows, calibration_metric = [], {}
-    for bits in (3, 4, 6) if not auto_only else ():
-        for scheme in ("codebook", "uniform"):
-            result = quantize(model, zoo, bits=bits, scheme=scheme, **options)
-            on_calibration = onnx_de.evaluate(zoo, result.student, calibration, intra_op_threads=threads)
-            calibration_metric[scheme, bits] = on_calibration[on_calibration["primary"]]
-            f = result.fidelity
-            fixed_rows.append(f"| {label} | {scheme} | {bits} | {f['primary']} {f[f['primary']]:.3f} | "
-                              f"{calibration_metric[scheme, bits]:.3f} | {result.seconds:.1f} |")
+    original = zoo_path(zoo[4:]).stat().st_size
+    fixed_rows = []
+    for scheme, bits in grid if not auto_only else ():
+        result = quantize(model, zoo, bits=bits, scheme=scheme, **options)
+        on_calibration = onnx_de.evaluate(zoo, result.student, calibration, intra_op_threads=threads)
+        size = len(encode(result.student))
+        f = result.fidelity
+        fixed_rows.append(f"| {label} | {scheme} | {bits} | {size:,} | {original / size:.2f}x | "
+                          f"{f['primary']} {f[f['primary']]:.4f} | {primary(on_calibration):.4f} | "
+                          f"{result.seconds:.1f} |")
     if fixed_only:
         return fixed_rows, None
     budget = round(start - points / 100, 4)
@@ -121,6 +129,14 @@ def _bits_at(equal: dict[int, float], fidelity: float) -> float | None:
     return None
 
 
+def _grid(text: str) -> list[tuple[str, int]]:
+    scheme, _, widths = text.partition(":")
+    try:
+        return [(scheme, int(width)) for width in widths.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SCHEME:BITS,..., got {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="+", help="NAME or NAME:SPARSITY")
@@ -129,6 +145,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--fixed-only", action="store_true", help="only the 3, 4 and 6-bit rows (no allocation)")
     parser.add_argument("--auto-only", action="store_true", help="only the allocation row (no 3, 4 and 6-bit rows)")
+    parser.add_argument("--grid", nargs="+", type=_grid, metavar="SCHEME:BITS,...",
+                        help="the fixed rows' settings (default codebook and uniform at 3, 4 and 6 bits)")
     parser.add_argument("--curve", action="store_true",
                         help="equal bits 1-8 against allocations at each --points budget, at equal fidelity")
     args = parser.parse_args()
@@ -149,14 +167,16 @@ def main() -> None:
     fixed, auto = [], []
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         for target in args.targets:
-            rows, row = run(target, Path(folder), args.points[0], args.threads, args.fixed_only, args.auto_only)
+            grid = [setting for settings in args.grid for setting in settings] if args.grid else DEFAULT_GRID
+            rows, row = run(target, Path(folder), args.points[0], args.threads, args.fixed_only, args.auto_only, grid)
             fixed += rows
             auto += [row] if row else []
             print(*rows, *([row] if row else []), sep="\n", flush=True)
     if fixed:
         print()
-        print("| model | scheme | bits | fidelity (evaluation split) | primary on calibration | seconds |")
-        print("|---|---|---|---|---|---|")
+        print("| model | scheme | bits | container bytes | smaller than fp32 | fidelity (evaluation split) "
+              "| primary on calibration | seconds |")
+        print("|---|---|---|---|---|---|---|---|")
         print(*fixed, sep="\n")
     if not auto:
         return
