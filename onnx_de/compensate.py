@@ -180,14 +180,14 @@ def _sample_rows(x: np.ndarray, layer: _Layer, seed: int) -> np.ndarray | None:
 
 
 def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float = 1e-3,
-               alternatives: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, str | None]:
+               alternatives: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[str, dict[str, bool]]:
     """Refit every layer's surviving weights in graph order, keeping a refit only where it lowers the divergence.
 
     With ``alternatives`` (label -> masks with the same zeros per layer, e.g. the magnitude order at the search's
     allocation), the whole refit is also run from each of them (from the teacher's weights under that mask), and
     the pass whose final divergence is lowest is kept: ``masks`` and the scorer's weights are updated in place.
-    Returns, per layer, the label of the masks kept refit (``search`` for ``masks``' own), or ``None`` where
-    no refit helped.
+    Returns the label of the masks kept (``search`` for ``masks``' own), and per layer whether its refit was
+    kept (a layer whose refit did not help keeps those masks with the weights it started from).
     """
     start = {name: scorer.weights[name].copy() for name in masks}
     best: tuple[float, dict, dict, dict] | None = None
@@ -197,27 +197,28 @@ def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], 
             continue  # the same masks as the search's: the same pass
         for name, mask in current.items():
             scorer.weights[name][...] = start[name] if label == "search" else np.where(mask, probe.teacher[name], 0)
-        kept = _compensate_pass(scorer, probe, current, ridge, label)
+        kept = _compensate_pass(scorer, probe, current, ridge)
         score = scorer.divergence()
         if alternatives:
             log.info("refit from the %s masks: divergence %.6g", label, score)
         if best is None or score < best[0]:
-            best = (score, kept, {name: scorer.weights[name].copy() for name in masks}, current)
+            best = (score, label, kept, {name: scorer.weights[name].copy() for name in masks}, current)
     assert best is not None
-    _, kept, weights, chosen = best
+    _, label, kept, weights, chosen = best
     for name in masks:
         scorer.weights[name][...] = weights[name]
         masks[name][...] = chosen[name]
-    return kept
+    return label, kept
 
 
-def _compensate_pass(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float,
-                     label: str) -> dict[str, str | None]:
-    """One refit of every layer, in graph order, from the scorer's weights under ``masks``."""
-    kept: dict[str, str | None] = {}
+def _compensate_pass(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray],
+                     ridge: float) -> dict[str, bool]:
+    """One refit of every layer, in graph order, from the scorer's weights under ``masks``; per layer, whether
+    its refit was kept."""
+    kept: dict[str, bool] = {}
     for name, layer in sorted(probe.layers.items(), key=lambda item: item[1].order):
         if not _supported(layer) or masks[name].all():
-            kept[name] = None
+            kept[name] = False
             continue
         before = (scorer.divergence(), scorer.weights[name].copy())
         system = _RefitSystem(layer, probe.capture(name), probe.capture(name, scorer.weights), probe.teacher[name],
@@ -226,8 +227,8 @@ def _compensate_pass(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndar
         helped = scorer.divergence() < before[0]
         if not helped:
             scorer.weights[name][...] = before[1]
-        kept[name] = label if helped else None
-        log.info("compensated %s: %s", name, f"refit from the {label} masks" if helped else "reverted (no gain)")
+        kept[name] = helped
+        log.info("compensated %s: %s", name, "refit" if helped else "reverted (no gain)")
     return kept
 
 

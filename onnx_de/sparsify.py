@@ -45,7 +45,8 @@ class SparsifyResult:
     sparsity: float
     divergence: float
     trajectory: list[dict] = field(default_factory=list)
-    compensated: dict[str, str | None] = field(default_factory=dict)
+    compensated: dict[str, bool] = field(default_factory=dict)  # per layer: whether its refit was kept
+    masks_from: str | None = None  # with compensation: the masks of the pass kept (search, magnitude or wanda)
     fidelity: dict | None = None
     seconds: float = 0.0
     stopped: str | None = None
@@ -54,6 +55,7 @@ class SparsifyResult:
         return {
             "method": self.method, "config": self.config, "sparsity": self.sparsity,
             "calibration_divergence": self.divergence, "layers": self.layers, "compensated": self.compensated,
+            "masks_from": self.masks_from,
             "trajectory": self.trajectory, "fidelity": self.fidelity, "seconds": self.seconds,
             "stopped": self.stopped,
         }
@@ -184,7 +186,8 @@ def sparsify(
             for name, weight in scorer.weights.items():
                 judge.weights[name][...] = weight
         with closing(judge) if judge is not scorer else nullcontext():
-            compensated = compensate_layers(judge, probe, masks, alternatives=alternatives) if compensate else {}
+            masks_from, compensated = (compensate_layers(judge, probe, masks, alternatives=alternatives)
+                                       if compensate else (None, {}))
             divergence = judge.divergence()
             student = student_model(teacher, judge.weights)
         if output is not None:
@@ -198,6 +201,7 @@ def sparsify(
         return SparsifyResult(
             student=student, masks=masks, method=method, config=config.to_dict(), layers=layers,
             sparsity=overall, divergence=divergence, trajectory=trajectory, compensated=compensated,
+            masks_from=masks_from,
             fidelity=fidelity, seconds=time.perf_counter() - started, stopped=stopped,
         )
 
