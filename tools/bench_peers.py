@@ -665,7 +665,7 @@ def main() -> None:
     parser.add_argument("--bits", default=",".join(map(str, DE_BITS)), help="onnx-de's bits grid")
     parser.add_argument("--schemes", default=",".join(DE_SCHEMES),
                         help="onnx-de's quantization schemes: codebook or uniform, each at its default granularity "
-                             "or with -channel / -tensor (e.g. codebook-channel)")
+                             "or with -channel / -tensor (e.g. codebook-channel), or step (model-wide; bits to 14)")
     parser.add_argument("--prune", default=",".join(map(str, PRUNE_SPARSITY)), help="magnitude pruning grid")
     parser.add_argument("--qp", default=",".join(map(str, NNC_QP)), help="NNCodec's quantization parameters")
     parser.add_argument("--pruned-qp", default=",".join(map(str, PRUNED_QP)),
