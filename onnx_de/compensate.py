@@ -190,7 +190,7 @@ def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], 
     kept (a layer whose refit did not help keeps those masks with the weights it started from).
     """
     start = {name: scorer.weights[name].copy() for name in masks}
-    best: tuple[float, dict, dict, dict] | None = None
+    best: tuple[float, str, dict, dict, dict] | None = None  # divergence, label, refits kept, weights, masks
     for label, candidate in [("search", masks), *(alternatives or {}).items()]:
         current = {name: candidate.get(name, mask).copy() for name, mask in masks.items()}
         if label != "search" and all(np.array_equal(current[name], masks[name]) for name in masks):

@@ -28,7 +28,7 @@ from .errors import ConfigError, is_int
 from .evolution import PRIORS, SearchConfig
 from .model import DEFAULT_MIN_SIZE, WeightSelection, matches
 from .parallel import parse_executor
-from .quantizers import MAX_BITS, check_bits
+from .quantizers import check_bits
 from .runtime import DEVICES
 
 __all__ = ["CONFIG_VERSION", "OptimizeConfig", "LayerOverride", "load_config", "layer_setting"]
@@ -239,8 +239,6 @@ def _override(key: str, value) -> LayerOverride:
     if sparsity is not None and (not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool)
                                  or not 0 <= sparsity < 1):
         raise ConfigError(f"layers.{key}.sparsity must be in [0, 1), got {sparsity!r}")
-    if bits is not None and (not is_int(bits) or not 1 <= bits <= MAX_BITS):  # the scheme's own range: see above
-        raise ConfigError(f"layers.{key}.bits must be an integer from 1 to {MAX_BITS}, got {bits!r}")
     if key.startswith("re:"):
         try:
             re.compile(key[3:])

@@ -23,8 +23,9 @@ survivors alone (``2**bits`` of them), and a survivor never rounds to zero.
   levels span +-4 RMS; every survivor rounds to its nearest level. No window is fitted and nothing is clipped:
   large weights (depthwise kernels with folded batch norms) keep a fine relative resolution and outliers
   keep their value. On EfficientNet-Lite0 that keeps the KL to the teacher 6x lower than a per-tensor step
-  at about the same entropy (BENCHMARKS.md). Up to 14 bits, for high-fidelity settings where the container's entropy
-  coder, not the level count, decides the size. Per tensor only; levels are stored as int8, int16 or int32.
+  at about the same entropy (BENCHMARKS.md). Up to 14 bits, for high-fidelity settings where the container's
+  entropy coder, not the level count, decides the size. Per tensor only; levels are stored as int8, int16 or
+  int32.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def check_bits(bits, scheme: str, what: str = "bits", auto: bool = False) -> Non
 def quantize_tensor(weight: np.ndarray, bits: int, scheme: str = "codebook", *, symmetric: bool = True,
                     axis: int | None = None, energy: np.ndarray | None = None,
                     entropy_weight: float = 0.0, reference: float | None = None) -> QuantizedTensor:
-    """Quantize the non-zero elements of ``weight`` to ``2**bits`` levels (``step``: ``2**bits + 1`` at most).
+    """Quantize the non-zero elements of ``weight`` to ``2**bits`` levels (``step``: a grid with no end).
 
     Args:
         weight: the (sparse) weight; its zeros stay zero.

@@ -64,10 +64,20 @@ def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
     ("sparsity = 0.9\nrefits = 2\ncompensate = false\n", "refits need compensation"),
     ("sparsity = 0.9\npool = 0.5\n", "config key 'pool'"),
     ("sparsity = 0.9\nfast_decode = 'yes'\n", "config key 'fast_decode'"),
+    ("sparsity = 0.9\n[layers]\n'fc1.weight' = { bits = 12 }\n",
+     "layers.fc1.weight.bits must be an integer from 1 to 8"),
+    ("sparsity = 0.9\nscheme = 'step'\n[layers]\n'fc1.weight' = { bits = 15 }\n", "from 1 to 14 for step levels"),
+    ("sparsity = 0.9\n[layers]\n'fc1.weight' = { bits = 'four' }\n", "layers.fc1.weight.bits"),
 ])
 def test_bad_configs_name_what_is_wrong(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config_text(text, tmp_path)
+
+
+def test_a_step_config_takes_per_layer_bits_past_8(tmp_path):
+    config = load_config_text("sparsity = 0.9\nscheme = 'step'\nbits = 11\n[layers]\n'fc1.weight' = { bits = 13 }\n",
+                              tmp_path)
+    assert config.bits == 11 and config.layer_bits() == {"fc1.weight": 13}
 
 
 def load_config_text(text: str, folder=None) -> OptimizeConfig:
