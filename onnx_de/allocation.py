@@ -2,14 +2,15 @@
 
 Each layer is quantized alone at every bit width and scored by the Scorer (partial execution), giving the
 divergence each choice adds. A greedy pass then lowers, from the widest setting, the layer that saves the most
-bits per unit of divergence added, until the summed divergence reaches a cap; the cap is bisected so that the
-student with every layer quantized together keeps the primary metric on the calibration set at or above the
-budget (checked by a full run, which also catches interactions the per-layer scores miss).
+bits per unit of divergence added, until the summed divergence reaches a cap; the cap is bisected (on a log
+scale) so that the student with every layer quantized together keeps the primary metric on the calibration set
+at or above the budget (checked by a full run, which also catches interactions the per-layer scores miss).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 from .quantizers import QuantizedTensor
 from .scoring import Scorer
@@ -77,9 +78,13 @@ def search_bits(scorer: Scorer, options: dict[str, dict[int, QuantizedTensor]], 
         log.warning("even %d bits per layer give %s %.4f, below the budget %.4f", max(widest.values()),
                     scorer.spec.primary, best_metric, budget)
         return best_bits, best_metric
-    low, high = 0.0, sum(max(choice.values()) for choice in costs.values()) * 2 + 1e-12
+    # The cap is bisected on a log scale: the narrowest widths of a step scheme cost 10^5 times what a budget
+    # near 1 allows, and a linear bisection over that range never tried a cap small enough to keep it.
+    positive = [cost for choice in costs.values() for cost in choice.values() if cost > 0]
+    high = sum(max(choice.values()) for choice in costs.values()) * 2 + 1e-12
+    low = min(positive) / 2 if positive else high
     for _ in range(_BISECTION_STEPS):
-        cap = (low + high) / 2
+        cap = math.sqrt(low * high)
         bits = greedy_bits(costs, sizes, cap)
         value = metric(bits)
         if value >= budget:

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("-o", "--output", type=Path, required=True, help="the output folder")
     opt.add_argument("--config", type=Path, help="a TOML (or .json) config; options given here override it")
     target = opt.add_mutually_exclusive_group()
-    target.add_argument("--sparsity", type=float, help="global target fraction of zeros")
+    target.add_argument("--sparsity", type=float, help="global target fraction of zeros (0: quantize only)")
     target.add_argument("--per-layer", action="append", type=_parse_per_layer, metavar="NAME|re:PATTERN=FRACTION,...",
                         help="per-layer sparsity targets; repeatable")
     opt.add_argument("--bits", type=_parse_bits,
@@ -325,9 +325,9 @@ def format_container(summary: dict) -> str:
         rows.append((t["name"], "x".join(map(str, t["shape"])), f"{t['kept']:,}/{t['elements']:,}", f"{t['bytes']:,}",
                      f"{t['bits_per_element']:.3f}", f"{t['mask']} {t.get('mask_bytes', 0):,}" if t["mask"] else "-",
                      f"{t['mask_bound_bytes']:,.0f}" if t["mask"] else "-",
-                     f"levels({t['levels']}) {t['symbols_bytes']:,}" if t["values"] == "levels"
+                     f"{t['values']}({t['levels']}) {t['symbols_bytes']:,}" if "levels" in t
                      else f"raw {t['raw_bytes']:,}",
-                     f"{t['symbols_bound_bytes']:,.0f}" if t["values"] == "levels" else "-"))
+                     f"{t['symbols_bound_bytes']:,.0f}" if "levels" in t else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     totals = summary["totals"]

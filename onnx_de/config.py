@@ -49,8 +49,9 @@ class OptimizeConfig:
     """Everything ``optimize`` needs besides the model and data. Round-trips through :meth:`to_dict`.
 
     Attributes:
-        sparsity: global target fraction of zeros; ``None`` with a ``budget``: the sparsity and bits of the
-            smallest container that keeps the budget on held-out calibration samples (see ``optimize``).
+        sparsity: global target fraction of zeros (0: no pruning, quantize and encode only); ``None`` with a
+            ``budget``: the sparsity and bits of the smallest container that keeps the budget on held-out
+            calibration samples (see ``optimize``).
         bits: bits per surviving weight (1-8; ``step``: 1-14) or ``auto`` (fewest within ``budget``).
         budget: the lowest primary fidelity metric (top-1 agreement, mask IoU, ...) on the calibration data.
         scheme: ``codebook``, ``uniform`` or ``step`` levels.
@@ -105,8 +106,8 @@ class OptimizeConfig:
             raise ConfigError(f"budget must be in (0, 1], got {self.budget}")
         if self.sparsity is None and self.budget is None:
             raise ConfigError("give a sparsity target, a fidelity budget, or both")
-        if self.sparsity is not None and not 0 < self.sparsity < 1:
-            raise ConfigError(f"sparsity must be between 0 and 1, got {self.sparsity}")
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
+            raise ConfigError(f"sparsity must be at least 0 and below 1, got {self.sparsity}")
         if self.bits is None:
             self.bits = "auto" if self.budget is not None else 4
         if self.bits == "auto" and self.budget is None:
@@ -158,7 +159,7 @@ class OptimizeConfig:
         per_layer = _by_precedence({key: o.sparsity for key, o in self.layers.items() if o.sparsity is not None})
         if per_layer:  # the layers no override names keep the global target
             per_layer["re:.*"] = target if target is not None else 0.0
-        return SearchConfig(sparsity=target if target is not None else SearchConfig.sparsity, per_layer=per_layer,
+        return SearchConfig(sparsity=target or SearchConfig.sparsity, per_layer=per_layer,  # 0: per_layer only
                             population=self.population, survivors=self.survivors, prior=self.prior, pool=self.pool,
                             seed=self.seed, refits=self.refits,
                             budget=self.budget if sparsity is None and self.sparsity is not None else None)

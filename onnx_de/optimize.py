@@ -30,7 +30,9 @@ _BUDGET_LADDER = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)  # sparsity levels
 _BUDGET_LIGHTER = (0.3, 0.1)  # tried in turn when the ladder's first level keeps nothing
 _BUDGET_FIRST_BITS = 6  # where the first level starts: down from here while the budget holds, else up
 _BUDGET_FEWEST_BITS = 2
-_BUDGET_STEP_BITS = (10, 11, 12, 13, 14)  # model-wide steps past the scheme's 8 bits, for budgets near 1
+# Past the scheme's 7 bits the search widens into model-wide steps: a step of 8 or 9 bits was smaller than
+# 8-bit codebooks at equal or higher fidelity on ppocr-det and efficientnet-lite0 (BENCHMARKS.md).
+_BUDGET_STEP_FROM = 8
 
 
 @dataclass
@@ -134,10 +136,13 @@ def optimize(
     if config.sparsity is None:
         sparse, quantized, tried = _smallest_within_budget(teacher, calibration, spec, config, progress)
     else:
-        sparse = sparsify(teacher, calibration, config=config.search(), compensate=config.compensate,
-                          selection=config.selection, checkpoint=output / CHECKPOINT, resume=resume,
-                          intra_op_threads=config.threads, progress=progress, metric=spec,
-                          workers=config.workers, executor=config.executor, device=config.device)
+        if config.sparsity == 0 and not any(o.sparsity for o in config.layers.values()):
+            sparse = unpruned(teacher)  # quantize and encode only
+        else:
+            sparse = sparsify(teacher, calibration, config=config.search(), compensate=config.compensate,
+                              selection=config.selection, checkpoint=output / CHECKPOINT, resume=resume,
+                              intra_op_threads=config.threads, progress=progress, metric=spec,
+                              workers=config.workers, executor=config.executor, device=config.device)
         quantized = quantize(sparse.student, calibration, bits=config.bits, budget=config.budget,
                              scheme=config.scheme, per_channel=config.per_channel, teacher=teacher,
                              selection=config.selection,
@@ -182,11 +187,13 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     A quarter of the calibration data is held out (whole source groups where the data has them, see
     :meth:`Dataset.hold_out`): DE, compensation and quantization never see it, so it shows what the fitted
     student does on samples it was not fitted to. The first level prunes nothing; its first setting is the
-    scheme at 6 bits, then fewer bits while the budget holds, or more (up to 8, then finer model-wide steps)
+    scheme at 6 bits, then fewer bits while the budget holds, or more (7, then model-wide steps of 8-14)
     until it does. Each sparser level starts from the fewest bits the level before kept, since more zeros only
     need as many bits or more. The ladder stops at the first level that keeps nothing (where that is the first
-    sparse level, lighter ones are tried). Returns the sparsify and quantize results of the smallest container
-    that keeps the budget, and every setting tried; where nothing does, the lossless container (the teacher).
+    sparse level, lighter ones are tried). At the level of the smallest container so far, bits are then also
+    allocated per layer (``bits="auto"``, within the budget on the search samples, or halfway to 1 where the
+    held-out samples miss it). Returns the sparsify and quantize results of the smallest container that keeps
+    the budget, and every setting tried; where nothing does, the lossless container (the teacher).
     """
     if len(calibration) < 8:
         raise ConfigError(f"a budget search needs at least 8 calibration samples to hold a quarter out, "
@@ -195,6 +202,31 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     settings = _budget_settings(config)
     tried = []
     best = None  # (bytes, sparsify, quantize) of the smallest container that keeps the budget
+
+    def quantize_at(sparse, scheme: str, bits, budget: float | None = None, energies=None):
+        own = scheme == config.scheme
+        return quantize(sparse.student, search, bits=bits, budget=budget, scheme=scheme,
+                        per_channel=config.per_channel if own else None, teacher=teacher, selection=config.selection,
+                        eval_data=check, intra_op_threads=config.threads,
+                        layer_bits=config.layer_bits() if own else None, metric=spec, energies=energies,
+                        entropy_weight=config.entropy_weight if own else 0.0)
+
+    def judge(sparse, quantized) -> bool:
+        """Whether ``quantized`` keeps the budget on the held-out samples; recorded, and kept if the smallest."""
+        nonlocal best
+        size = len(encode(quantized.student, fast_decode=config.fast_decode))
+        metric = quantized.fidelity[quantized.fidelity["primary"]]
+        kept = metric >= config.budget
+        allocated = quantized.settings["bits"] == "auto"
+        bits = round(quantized.average_bits, 4) if allocated else quantized.settings["bits"]
+        tried.append({"sparsity": sparse.config["sparsity"], "scheme": quantized.scheme, "bits": bits,
+                      "allocated": allocated, "container": size, "held_out_metric": metric, "kept": kept})
+        log.info("budget search: sparsity %.2f, %s %s bits%s: %d bytes, held-out %s %.4f",
+                 sparse.config["sparsity"], quantized.scheme, bits, " (per layer)" if allocated else "", size,
+                 spec.primary, metric)
+        if kept and (best is None or size < best[0]):
+            best = (size, sparse, quantized)
+        return kept
 
     def fewest_kept(level: float, start: int | None) -> int | None:
         """At ``level``, the index of the first setting that keeps the budget (from ``start``), or None."""
@@ -208,26 +240,10 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
         energies = {}  # computed once per level, when a weighted scheme first needs them
 
         def keeps(index: int) -> bool:
-            nonlocal best
             scheme, width = settings[index]
             if scheme != "step" and not energies:
                 energies.update(weight_energies(sparse.student, search, config.threads))
-            own = scheme == config.scheme
-            quantized = quantize(sparse.student, search, bits=width, scheme=scheme,
-                                 per_channel=config.per_channel if own else None, teacher=teacher,
-                                 selection=config.selection, eval_data=check, intra_op_threads=config.threads,
-                                 layer_bits=config.layer_bits() if own else None, metric=spec,
-                                 energies=energies or None, entropy_weight=config.entropy_weight if own else 0.0)
-            size = len(encode(quantized.student, fast_decode=config.fast_decode))
-            metric = quantized.fidelity[quantized.fidelity["primary"]]
-            kept = metric >= config.budget
-            tried.append({"sparsity": level, "scheme": scheme, "bits": width, "container": size,
-                          "held_out_metric": metric, "kept": kept})
-            log.info("budget search: sparsity %.2f, %s %d bits: %d bytes, held-out %s %.4f", level, scheme, width,
-                     size, spec.primary, metric)
-            if kept and (best is None or size < best[0]):
-                best = (size, sparse, quantized)
-            return kept
+            return judge(sparse, quantize_at(sparse, scheme, width, energies=energies or None))
 
         if start is None:  # the first level: from 6 bits, down while the budget holds, else up until it does
             index = next((i for i, s in enumerate(settings) if s == (config.scheme, _BUDGET_FIRST_BITS)), 0)
@@ -254,6 +270,11 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
         log.warning("no quantized setting keeps the budget %.4f on held-out samples; the container keeps the "
                     "weights losslessly", config.budget)
         return unpruned(teacher), unquantized(teacher), tried
+    if config.bits == "auto":  # bits per layer at the best level, within the budget on the search samples
+        _, sparse, quantized = best
+        for budget in (config.budget, (config.budget + 1) / 2):  # a margin where the held-out samples miss
+            if judge(sparse, quantize_at(sparse, quantized.scheme, "auto", budget)):
+                break
     _, sparse, quantized = best
     return sparse, quantized, tried
 
@@ -262,10 +283,10 @@ def _budget_settings(config: OptimizeConfig) -> list[tuple[str, int]]:
     """The (scheme, bits) a budget search may try, from the fewest bits to the most faithful."""
     if config.bits != "auto":
         return [(config.scheme, config.bits)]
-    settings = [(config.scheme, width) for width in range(_BUDGET_FEWEST_BITS, max_bits(config.scheme) + 1)]
-    if config.scheme != "step":
-        settings += [("step", width) for width in _BUDGET_STEP_BITS]
-    return settings
+    if config.scheme == "step":
+        return [("step", width) for width in range(_BUDGET_FEWEST_BITS, max_bits("step") + 1)]
+    return ([(config.scheme, width) for width in range(_BUDGET_FEWEST_BITS, _BUDGET_STEP_FROM)]
+            + [("step", width) for width in range(_BUDGET_STEP_FROM, max_bits("step") + 1)])
 
 
 def _original_bytes(model, teacher: Model) -> int:

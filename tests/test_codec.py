@@ -20,6 +20,7 @@ import onnx_de
 from onnx_de import FormatError, UnsupportedVersionError
 from onnx_de.codec import frames, rans
 from onnx_de.codec.container import KIND_INDEX, read_sections, write_sections
+from onnx_de.codec.records import decode_record, encode_record, record_streams
 from onnx_de.export import export_quantized
 from onnx_de.quantizers import quantize_tensor
 
@@ -224,14 +225,16 @@ def test_same_model_gives_identical_bytes(small):
 
 def test_golden_bytes_of_format_version_1(small):
     """The committed fixture is what this version writes for the fixed model. If the encoder changes on purpose,
-    keep the old fixture (it must still decode) and add a new one: ONNX_DE_WRITE_FIXTURES=1 writes them."""
+    keep the old fixture (it must still decode) and add a new one: ONNX_DE_WRITE_FIXTURES=1 writes them.
+    small-v1.ode predates the ``levels-zstd`` coding; small-v1-r2.ode has it."""
     model, payload = small
     fast = onnx_de.encode(model, fast_decode=True)
-    for golden, written in ((FIXTURES / "small-v1.ode", payload), (FIXTURES / "small-fast-v1.ode", fast)):
+    for golden, written in ((FIXTURES / "small-v1-r2.ode", payload), (FIXTURES / "small-fast-v1.ode", fast)):
         if os.environ.get("ONNX_DE_WRITE_FIXTURES"):
             write_fixture(golden, written)
         assert written == golden.read_bytes(), golden.name
     assert "packed" in {t["mask"] for t in onnx_de.inspect_container(fast)["tensors"]}
+    assert {t["values"] for t in onnx_de.inspect_container(payload)["tensors"]} >= {"levels", "levels-zstd", "raw"}
 
 
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("*.ode")))
@@ -336,6 +339,24 @@ def test_malformed_index_records_are_format_errors(small):
     for edit in edits:
         with pytest.raises(FormatError):
             onnx_de.decode(with_index(payload, edit))
+
+
+def test_fine_step_levels_code_their_tables_with_zstd_and_hostile_tables_are_refused():
+    steps = np.round(np.random.default_rng(3).laplace(size=(64, 300)) * 80).astype(np.int16)  # ~900 levels
+    record, streams = encode_record(steps)
+    assert record["values"]["coding"] == "levels-zstd"
+    plain_tables = record["values"]["levels"] * (2 + 2)
+    assert len(streams["levels"]) + len(streams["frequencies"]) < plain_tables / 3
+    views = {name: memoryview(streams[name]) for name in record_streams(record)}
+    restored, _ = decode_record(record, views, steps.shape, steps.dtype)
+    assert np.array_equal(restored, steps)
+    # Steps that run past the largest int16 bit pattern, and a levels frame of the wrong size.
+    overflowing = dict(views, levels=memoryview(frames.compress(np.full(record["values"]["levels"], 300, "<u2")
+                                                                .view(np.uint8).reshape(-1, 2).T.tobytes())))
+    with pytest.raises(FormatError, match="overflow"):
+        decode_record(record, overflowing, steps.shape, steps.dtype)
+    with pytest.raises(FormatError, match="levels: zstd frame declares"):
+        decode_record(record, dict(views, levels=memoryview(frames.compress(b"\0" * 6))), steps.shape, steps.dtype)
 
 
 def test_a_packed_mask_must_declare_exactly_its_size(small):

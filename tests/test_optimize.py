@@ -52,7 +52,7 @@ def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
     ("sparsity = 0.9\n[layers]\n'fc1.weight' = { sparsity = 0.5, colour = 1 }\n", "layers.fc1.weight.colour"),
     ("bits = 'auto'\nsparsity = 0.9\n", "needs a fidelity budget"),
     ("bits = 4\n", "give a sparsity target, a fidelity budget, or both"),
-    ("sparsity = 1.5\n", "sparsity must be between 0 and 1"),
+    ("sparsity = 1.5\n", "sparsity must be at least 0 and below 1"),
     ("sparsity = 0.9\n[layers]\n're:(' = { bits = 3 }\n", "not a regular expression"),
     ("sparsity = 0.9\nversion = 7\n", "config version 7"),
     ("sparsity = = 0.9\n", "not valid TOML"),
@@ -143,6 +143,19 @@ def test_per_layer_overrides_reach_the_search_and_the_bits(tmp_path):
     assert layers["fc1.weight"]["sparsity"] == pytest.approx(0.8, abs=0.01) and layers["fc1.weight"]["bits"] == 3
 
 
+def test_sparsity_zero_quantizes_and_encodes_without_pruning(tmp_path):
+    result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, sparsity=0, bits=5, scheme="step",
+                      calibration_samples=64)
+    assert result.sparsified.method == "none" and result.sparsified.sparsity == 0
+    decoded = onnx_de.decode(tmp_path / "model.ode")
+    levels = {t.name: numpy_helper.to_array(t) for t in decoded.graph.initializer}
+    teacher = onnx_de.open_model("zoo:mnist-mlp")
+    for weight in teacher.prunable:  # every weight kept, now on a 5-bit model-wide step
+        assert np.count_nonzero(levels[weight.name]) == np.count_nonzero(teacher.initializer(weight.name))
+        assert result.quantized.layers[weight.name]["bits"] == 5
+    assert result.fidelity["top1_agreement"] >= 0.9
+
+
 def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_samples(tmp_path):
     result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, budget=0.97, calibration_samples=96)
     tried = result.to_dict()["budget_search"]
@@ -153,6 +166,12 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
     assert (result.sparsified.config["sparsity"], result.quantized.scheme, result.quantized.average_bits) == (
         best["sparsity"], best["scheme"], best["bits"])
     assert (tried[0]["sparsity"], tried[0]["scheme"], tried[0]["bits"]) == (0.0, "codebook", 6)  # unpruned first
+    # Then bits per layer at the level of the smallest equal-width container.
+    equal = [t for t in tried if not t["allocated"]]
+    smallest = min((t for t in equal if t["kept"]), key=lambda t: t["container"])
+    allocated = [t for t in tried if t["allocated"]]
+    assert allocated
+    assert {(t["sparsity"], t["scheme"]) for t in allocated} == {(smallest["sparsity"], smallest["scheme"])}
     # The chosen setting, rebuilt into the final container, has the size the search measured.
     assert result.container_bytes == best["container"]
     levels = sorted({t["sparsity"] for t in tried})

@@ -30,9 +30,10 @@ from onnx import numpy_helper  # noqa: E402
 import onnx_de  # noqa: E402
 from onnx_de.codec import frames, rans  # noqa: E402
 from onnx_de.codec.decoder import read_container  # noqa: E402
-from onnx_de.codec.records import bit_view  # noqa: E402
+from onnx_de.codec.records import LEVEL_CODINGS, bit_view  # noqa: E402
 from onnx_de.export import export_quantized  # noqa: E402
 from onnx_de.quantizers import quantize_tensor  # noqa: E402
+from bench_env import header  # noqa: E402
 
 
 def pruned_export(name: str, sparsity: float, bits: int) -> onnx.ModelProto:
@@ -83,7 +84,7 @@ def measure(label: str, model: onnx.ModelProto, fp32_bytes: int, repeats: int) -
             row["mask"] += sum(v for k, v in streams.items() if k.startswith("mask"))
             row["mask_bound"] += rans.entropy_bits(np.bincount(mask.reshape(-1), minlength=2)) / 8
             row["mask_zstd"] += zstd19(np.packbits(mask.reshape(-1)).tobytes())
-        if record["values"]["coding"] == "levels":
+        if record["values"]["coding"] in LEVEL_CODINGS:
             _, symbols, counts = np.unique(bit_view(array[kept]), return_inverse=True, return_counts=True)
             row["symbols"] += streams["symbols"]
             row["symbols_bound"] += rans.entropy_bits(counts) / 8
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--session", action="append", default=[], metavar="NAME",
                         help="also time InferenceSession(.ode) versus the fp32 .onnx for this zoo model")
     args = parser.parse_args()
+    print(header([t for t in args.targets if not t.endswith('.onnx')]), flush=True)
     rows, dense_rows, session_lines = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         for target in args.targets:

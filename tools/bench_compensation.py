@@ -27,6 +27,7 @@ from onnx_de.evolution import SearchConfig  # noqa: E402
 from onnx_de.scoring import Scorer  # noqa: E402
 from onnx_de.sparsify import prune_by_saliency, student_model  # noqa: E402
 from onnx_de.zoo import open_model  # noqa: E402
+from bench_env import header  # noqa: E402
 
 
 def main() -> None:
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.3, help="every layer's fraction of zeros")
     parser.add_argument("--prior", default="activation", help="saliency order (magnitude, activation, hessian)")
     args = parser.parse_args()
+    print(header([args.name]), flush=True)
     zoo = f"zoo:{args.name}"
     teacher = open_model(zoo, require_prunable=True)
     calibration = load_data(zoo, teacher, split="calibration")

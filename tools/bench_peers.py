@@ -44,7 +44,6 @@ import time
 import traceback
 import types
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="onnx-de-bench-"))
@@ -64,6 +63,7 @@ from onnx_de.model import Model  # noqa: E402
 from onnx_de.quantize import quantize, weight_energies  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 from onnx_de.zoo import open_model, zoo_path  # noqa: E402
+from bench_env import header, versions  # noqa: E402
 
 THRESHOLDS = (0.99, 0.98, 0.97)
 RELEVANT = 0.95  # peer points below this evaluation fidelity are left out of the dominance count
@@ -644,18 +644,6 @@ def plot(case: Results) -> str:
     return "".join(items)
 
 
-def versions() -> str:
-    names = ("onnx-de", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy", "nncodec", "zipnn", "onnxsim", "zstandard",
-             "onnx-ir", "torch")
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return ", ".join(found)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="zoo model names")
@@ -692,7 +680,7 @@ def main() -> None:
     floats = lambda text: [float(v) for v in text.split(",") if v]  # noqa: E731
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()  # the steps run in a scratch directory
-    print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}; {versions()}")
+    print(header(args.models))
     print(f"# {' '.join(sys.argv)}")
     for name in args.models:
         command = "python " + " ".join(sys.argv)

@@ -1,7 +1,8 @@
 """Quantization benchmark: codebook versus uniform levels at 3, 4 and 6 bits, and automatic per-layer bits at a
 fidelity budget versus the fewest equal bits for every layer that meet the same budget. Prints Markdown tables.
-With ``--curve``: equal bits 1-8 against automatic allocations at several budgets, compared at equal fidelity on
-the evaluation split (each budget is set on calibration; the evaluation split only judges).
+With ``--curve``: equal bits (codebooks 1-8, or ``--scheme step`` 6-14) against automatic allocations at several
+budgets, compared at equal fidelity on the evaluation split (each budget is set on calibration; the evaluation
+split only judges).
 
 A target ``NAME`` quantizes the zoo model itself; ``NAME:SPARSITY`` first sparsifies it by DE (default settings,
 seed 0, with compensation) and quantizes the sparse student, with fidelity always against the original. The
@@ -11,6 +12,7 @@ budget is the primary metric on the calibration split, ``--points`` below the un
     python tools/bench_quantize.py mnist-mlp:0.9 mnist-lenet5 ppocr-cls
     python tools/bench_quantize.py mnist-mlp:0.9 ppocr-cls --curve --points 0.5 1 2 3 5
     python tools/bench_quantize.py efficientnet-lite0 --fixed-only --grid step:8,9,10,11,12 codebook:8
+    python tools/bench_quantize.py efficientnet-lite0 --curve --scheme step --points 1
 
 ``--grid SCHEME:BITS,...`` replaces the fixed rows' settings; their container bytes are those of ``encode``.
 """
@@ -28,8 +30,10 @@ import onnx_de  # noqa: E402
 from onnx_de.codec import encode  # noqa: E402
 from onnx_de.evolution import SearchConfig  # noqa: E402
 from onnx_de.quantize import quantize, weight_energies  # noqa: E402
+from onnx_de.quantizers import SCHEMES  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 from onnx_de.zoo import zoo_path  # noqa: E402
+from bench_env import header  # noqa: E402
 
 DEFAULT_GRID = [(scheme, bits) for bits in (3, 4, 6) for scheme in ("codebook", "uniform")]
 
@@ -87,30 +91,34 @@ def run(target: str, folder: Path, points: float, threads: int | None, fixed_onl
     return fixed_rows, auto_row
 
 
-def curve(target: str, folder: Path, points: list[float], threads: int | None) -> list[str]:
+def curve(target: str, folder: Path, points: list[float], threads: int | None, scheme: str = "codebook",
+          widths: range = range(1, 9)) -> list[str]:
     """Automatic allocations at budgets ``points`` below the unquantized student's calibration metric, each against
-    equal codebook bits for every layer at equal evaluation fidelity: the fewest equal bits at least as good, and
-    the equal-bits curve (1-8 bits) interpolated linearly at the allocation's fidelity. One row per budget."""
+    equal bits of ``scheme`` for every layer at equal evaluation fidelity: the fewest equal bits at least as good,
+    and the equal-bits curve (``widths``) interpolated linearly at the allocation's fidelity. One row per budget."""
     zoo, model, label, calibration = prepare(target, folder, threads)
     start = primary(onnx_de.evaluate(zoo, model, calibration, intra_op_threads=threads))
-    options = dict(teacher=zoo, eval_data=zoo, intra_op_threads=threads)
-    energies = weight_energies(onnx_de.open_model(model), calibration, threads)  # shared by every quantization
+    options = dict(teacher=zoo, eval_data=zoo, intra_op_threads=threads, scheme=scheme)
+    if scheme != "step":  # shared by every quantization (a step has no error weights)
+        options["energies"] = weight_energies(onnx_de.open_model(model), calibration, threads)
     equal = {}
-    for bits in range(1, 9):
-        result = quantize(model, zoo, bits=bits, scheme="codebook", energies=energies, **options)
+    for bits in widths:
+        result = quantize(model, zoo, bits=bits, **options)
         equal[bits] = primary(result.fidelity)
-        print(f"{label}: {bits} equal bits: evaluation {equal[bits]:.4f}", flush=True)
+        print(f"{label}: {scheme} {bits} equal bits: evaluation {equal[bits]:.4f}, "
+              f"{len(encode(result.student)):,} container bytes", flush=True)
     rows = []
     for point in points:
         budget = round(start - point / 100, 4)
-        result = quantize(model, zoo, bits="auto", budget=budget, scheme="codebook", energies=energies, **options)
+        result = quantize(model, zoo, bits="auto", budget=budget, **options)
         average, fidelity = result.average_bits, primary(result.fidelity)
         fewest = next((bits for bits, value in equal.items() if value >= fidelity), None)
         interpolated = _bits_at(equal, fidelity)
         fewest_text = f"{fewest} ({equal[fewest]:.3f}) | {1 - average / fewest:.0%}" if fewest else "none | "
-        curve_text = f"{interpolated:.2f} | {1 - average / interpolated:.0%}" if interpolated else "below 1 bit | "
+        curve_text = (f"{interpolated:.2f} | {1 - average / interpolated:.0%}" if interpolated
+                      else f"below {min(equal)} bits | ")
         rows.append(f"| {label} | {budget:.3f} | {average:.2f} | {result.calibration_metric:.3f} / {fidelity:.3f} | "
-                    f"{fewest_text} | {curve_text} | {result.seconds:.1f} |")
+                    f"{fewest_text} | {curve_text} | {len(encode(result.student)):,} | {result.seconds:.1f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -127,6 +135,14 @@ def _bits_at(equal: dict[int, float], fidelity: float) -> float | None:
         if low_value < fidelity <= high_value:
             return low + (high - low) * (fidelity - low_value) / (high_value - low_value)
     return None
+
+
+def _widths(text: str) -> range:
+    low, _, high = text.partition("-")
+    try:
+        return range(int(low), int(high or low) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH, got {text!r}") from None
 
 
 def _grid(text: str) -> list[tuple[str, int]]:
@@ -148,18 +164,23 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", type=_grid, metavar="SCHEME:BITS,...",
                         help="the fixed rows' settings (default codebook and uniform at 3, 4 and 6 bits)")
     parser.add_argument("--curve", action="store_true",
-                        help="equal bits 1-8 against allocations at each --points budget, at equal fidelity")
+                        help="equal bits against allocations at each --points budget, at equal fidelity")
+    parser.add_argument("--scheme", choices=SCHEMES, default="codebook", help="with --curve: the levels")
+    parser.add_argument("--widths", type=_widths, metavar="LOW-HIGH",
+                        help="with --curve: the equal widths (default 1-8; step: 6-14)")
     args = parser.parse_args()
+    print(header(args.targets), flush=True)
     if args.curve:
         rows = []
         with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
             for target in args.targets:
-                rows += curve(target, Path(folder), args.points, args.threads)
+                rows += curve(target, Path(folder), args.points, args.threads, args.scheme,
+                              args.widths or (range(6, 15) if args.scheme == "step" else range(1, 9)))
         print()
         print("| model | budget (calibration) | auto: average bits | auto: calibration / evaluation | fewest equal "
               "bits at least as good (evaluation) | bits saved | equal-bits curve at the same fidelity | bits saved "
-              "| seconds |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| auto: container bytes | seconds |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         print(*rows, sep="\n")
         return
     if len(args.points) != 1:

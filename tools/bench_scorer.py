@@ -28,6 +28,7 @@ import onnx_de  # noqa: E402
 from onnx_de.evaluate import resolve_metric  # noqa: E402
 from onnx_de.scoring import Scorer  # noqa: E402
 from onnx_de.sparsify import student_model  # noqa: E402
+from bench_env import header  # noqa: E402
 
 
 def measure(name: str, generations: int, samples: int | None) -> str:
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--samples", type=int, help="calibration samples (default: the whole split)")
     args = parser.parse_args()
+    print(header(args.models), flush=True)
     print("| model | batch | plain forward/s | DE candidates/s (partial) | candidates/s (full runs) | "
           "candidates/s (model's own graph, partial) | naive (new session) candidates/s | partial / plain | "
           "partial / naive | peak RSS so far, GiB |")

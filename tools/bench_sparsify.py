@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="onnx-de-bench-"))
 
-import onnxruntime  # noqa: E402
-
-import onnx_de  # noqa: E402
 from onnx_de.evolution import SearchConfig  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
+from bench_env import header  # noqa: E402
 
 
 def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None, de_only: bool = False,
@@ -85,8 +82,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=float, default=0.0,
                         help="fraction of calibration samples kept from the search to judge the refits (default 0)")
     args = parser.parse_args()
-    print(f"onnx-de {onnx_de.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores")
+    print(header(args.targets), flush=True)
     print()
     print("| model | target | method | compensation | sparsity | fidelity (evaluation split) | KL or rel. L2 | seconds |")
     print("|---|---|---|---|---|---|---|---|")

@@ -24,6 +24,7 @@ from onnx_de.distributed import RayScorerPool  # noqa: E402
 from onnx_de.evaluate import resolve_metric  # noqa: E402
 from onnx_de.parallel import ScorerPool  # noqa: E402
 from onnx_de.scoring import Scorer  # noqa: E402
+from bench_env import header  # noqa: E402
 
 
 def rate(scorer, names: list[str], generations: int) -> float:
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=5)
     parser.add_argument("--no-ray", dest="ray", action="store_false", help="leave out the Ray executor")
     args = parser.parse_args()
+    print(header(args.models), flush=True)
     columns = [f"one Scorer, {os.cpu_count()} threads", "one Scorer, 1 thread",
                f"local: {args.workers} replicas x 1 thread"]
     if args.ray:

@@ -23,7 +23,7 @@ from ..errors import FormatError, is_int
 from ..export import fold_values
 from . import frames, rans
 from .container import is_container, read_sections
-from .records import DTYPES, bit_view, check_record, decode_record, record_streams
+from .records import DTYPES, LEVEL_CODINGS, bit_view, check_record, decode_record, record_streams
 
 __all__ = ["DEFAULT_MAX_BYTES", "decode", "decode_arrays", "inspect_container", "read_container", "Container"]
 
@@ -183,7 +183,7 @@ def inspect_container(source: str | Path | bytes | memoryview, max_bytes: int = 
             row["mask_bound_bytes"] = rans.entropy_bits([row["kept"], elements - row["kept"]]) / 8
             totals["mask"] += row["mask_bytes"]
             totals["mask_bound"] += row["mask_bound_bytes"]
-        if record["values"]["coding"] == "levels":
+        if record["values"]["coding"] in LEVEL_CODINGS:
             values = array.reshape(-1)[kept.reshape(-1)]
             _, counts = np.unique(bit_view(values), return_counts=True)
             row["levels"] = record["values"]["levels"]

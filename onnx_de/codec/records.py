@@ -2,8 +2,9 @@
 
 A record optionally has a *mask* of the elements that differ (bit for bit) from a *fill* value, per tensor or
 per channel, and codes the *values* of the masked-in elements (all elements without a mask) either as
-*levels* (a table of the distinct values and an rANS stream of indices into it) or *raw* (zstd, with the
-bytes of each element split into planes for floats). The encoder tries the applicable combinations and keeps
+*levels* (a table of the distinct values and an rANS stream of indices into it; the tables plain or, for the
+thousands of levels of fine steps, zstd-coded: ``levels-zstd``) or *raw* (zstd, with the bytes of each element
+split into planes for floats). The encoder tries the applicable combinations and keeps
 the smallest, so any tensor round-trips bit for bit: quantized integers, codebook indices, sparse or dense
 floats alike.
 """
@@ -19,7 +20,8 @@ from ..errors import FormatError, is_int
 from ..quantizers import broadcast_channels
 from . import frames, masks, rans
 
-__all__ = ["DTYPES", "MAX_LEVELS", "encode_record", "decode_record", "check_record", "record_streams", "bit_view"]
+__all__ = ["DTYPES", "LEVEL_CODINGS", "MAX_LEVELS", "encode_record", "decode_record", "check_record", "record_streams",
+           "bit_view"]
 
 # ONNX element types a record can hold, with their little-endian numpy types.
 DTYPES: dict[int, np.dtype] = {
@@ -29,6 +31,7 @@ DTYPES: dict[int, np.dtype] = {
     TensorProto.INT64: np.dtype("<i8"), TensorProto.UINT64: np.dtype("<u8"), TensorProto.BOOL: np.dtype("?"),
 }
 MAX_LEVELS = 4096  # more distinct values than this are coded raw
+LEVEL_CODINGS = ("levels", "levels-zstd")  # a table of levels and rANS symbols; its tables plain or zstd
 _MASK_WORTH_TRYING = 0.05  # try a mask when at least this fraction of elements equals the fill value
 _FAST_MASK_GAIN = 0.97  # fast decoding: a mask must save 3% of the record (scattering survivors costs time)
 
@@ -37,9 +40,9 @@ _STREAMS = {  # which streams a record has, by its choices
     "mask": lambda r: r["mask"] is not None,
     "mask.rows": lambda r: r["mask"] is not None and r["mask"]["method"] == "lines",
     "mask.columns": lambda r: r["mask"] is not None and r["mask"]["method"] == "lines",
-    "levels": lambda r: r["values"]["coding"] == "levels",
-    "frequencies": lambda r: r["values"]["coding"] == "levels",
-    "symbols": lambda r: r["values"]["coding"] == "levels",
+    "levels": lambda r: r["values"]["coding"] in LEVEL_CODINGS,
+    "frequencies": lambda r: r["values"]["coding"] in LEVEL_CODINGS,
+    "symbols": lambda r: r["values"]["coding"] in LEVEL_CODINGS,
     "raw": lambda r: r["values"]["coding"] == "raw",
 }
 
@@ -129,7 +132,7 @@ def check_record(record: dict, shape: tuple[int, ...]) -> None:
         _expect("fill" not in record, "fill without a mask")
     values = record.get("values")
     _expect(isinstance(values, dict), "values must be an object")
-    if values.get("coding") == "levels":
+    if values.get("coding") in LEVEL_CODINGS:
         _expect(set(values) == {"coding", "levels"}, "levels values have unknown or missing fields")
         _expect(is_int(values["levels"]) and 1 <= values["levels"] <= MAX_LEVELS, "levels out of range")
     elif values.get("coding") == "raw":
@@ -147,11 +150,20 @@ def _encode_values(values: np.ndarray, with_levels: bool = True):
         if levels.size <= MAX_LEVELS:
             counts = np.bincount(symbols, minlength=levels.size)
             freq = rans.quantize_frequencies(counts)
+            stored = (freq - 1).astype("<u2")
+            symbol_stream = rans.encode(symbols, freq)
             yield {"coding": "levels", "levels": int(levels.size)}, {
                 "levels": levels.astype(levels.dtype.newbyteorder("<")).tobytes(),
-                "frequencies": (freq - 1).astype("<u2").tobytes(),
-                "symbols": rans.encode(symbols, freq),
+                "frequencies": stored.tobytes(),
+                "symbols": symbol_stream,
             }
+            if levels.size > 1:
+                steps = np.diff(levels, prepend=levels.dtype.type(0))  # ascending: no step wraps around
+                yield {"coding": "levels-zstd", "levels": int(levels.size)}, {
+                    "levels": frames.compress(_split_bytes(steps.astype(steps.dtype.newbyteorder("<")))),
+                    "frequencies": frames.compress(_split_bytes(stored)),
+                    "symbols": symbol_stream,
+                }
     if values.dtype.kind == "f" and values.dtype.itemsize > 1:
         yield {"coding": "raw", "transform": "bytes"}, {"raw": frames.compress(_split_bytes(values))}
     else:
@@ -159,17 +171,35 @@ def _encode_values(values: np.ndarray, with_levels: bool = True):
 
 
 def _decode_values(values: dict, streams: dict[str, memoryview], count: int, dtype: np.dtype) -> np.ndarray:
-    if values["coding"] == "levels":
-        levels = _array(streams["levels"], dtype, values["levels"], "levels")
-        stored = _array(streams["frequencies"], np.dtype("<u2"), values["levels"], "frequencies")
-        frequencies = stored.astype(np.int64) + 1
-        symbols = rans.decode(streams["symbols"], count, frequencies)
-        return levels[symbols]
-    expected = count * dtype.itemsize
-    raw = frames.decompress(streams["raw"], expected, "raw stream", exact=expected)
+    if values["coding"] in LEVEL_CODINGS:
+        size = values["levels"]
+        if values["coding"] == "levels":
+            levels = _array(streams["levels"], dtype, size, "levels")
+            stored = _array(streams["frequencies"], np.dtype("<u2"), size, "frequencies")
+        else:
+            levels = _levels_from_steps(_planes(streams["levels"], dtype, size, "levels"), dtype)
+            stored = _planes(streams["frequencies"], np.dtype("<u2"), size, "frequencies")
+        return levels[rans.decode(streams["symbols"], count, stored.astype(np.int64) + 1)]
     if values["transform"] == "bytes":
-        return np.frombuffer(raw, dtype=np.uint8).reshape(dtype.itemsize, count).T.copy().view(dtype).reshape(-1)
-    return np.frombuffer(raw, dtype=dtype)
+        return _planes(streams["raw"], dtype, count, "raw stream")
+    expected = count * dtype.itemsize
+    return np.frombuffer(frames.decompress(streams["raw"], expected, "raw stream", exact=expected), dtype=dtype)
+
+
+def _planes(stream: memoryview, dtype: np.dtype, count: int, name: str) -> np.ndarray:
+    """``count`` elements of ``dtype`` from a zstd frame of their byte planes (:func:`_split_bytes`)."""
+    expected = count * dtype.itemsize
+    raw = frames.decompress(stream, expected, name, exact=expected)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dtype.itemsize, count).T.copy().view(dtype).reshape(-1)
+
+
+def _levels_from_steps(steps: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Levels from the first level's bit pattern and the steps between ascending bit patterns."""
+    steps = bit_view(steps)
+    levels = np.cumsum(steps, dtype=steps.dtype)
+    if np.any(levels[1:] < levels[:-1]):  # a step past the largest bit pattern wrapped around
+        raise FormatError("levels stream: the steps between levels overflow the element type")
+    return levels.view(dtype)
 
 
 def _array(stream: memoryview, dtype: np.dtype, count: int, name: str) -> np.ndarray:
