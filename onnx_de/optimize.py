@@ -33,6 +33,7 @@ _BUDGET_FEWEST_BITS = 2
 # Past the scheme's 7 bits the search widens into model-wide steps: a step of 8 or 9 bits was smaller than
 # 8-bit codebooks at equal or higher fidelity on ppocr-det and efficientnet-lite0 (BENCHMARKS.md).
 _BUDGET_STEP_FROM = 8
+_BUDGET_PATIENCE = 3  # a level stops widening after this many wider settings in a row without a better metric
 
 
 @dataclass
@@ -188,8 +189,9 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     :meth:`Dataset.hold_out`): DE, compensation and quantization never see it, so it shows what the fitted
     student does on samples it was not fitted to. The first level prunes nothing; its first setting is the
     scheme at 6 bits, then fewer bits while the budget holds, or more (7, then model-wide steps of 8-14)
-    until it does. Each sparser level starts from the fewest bits the level before kept, since more zeros only
-    need as many bits or more. The ladder stops at the first level that keeps nothing (where that is the first
+    until it does, or until three wider settings in a row fail to raise the held-out metric (the zeros, not the
+    bits, are what loses it). Each sparser level starts from the fewest bits the level before kept, since more
+    zeros only need as many bits or more. The ladder stops at the first level that keeps nothing (where that is the first
     sparse level, lighter ones are tried). At the level of the smallest container so far, bits are then also
     allocated per layer (``bits="auto"``, within the budget on the search samples, or halfway to 1 where the
     held-out samples miss it). Returns the sparsify and quantize results of the smallest container that keeps
@@ -252,7 +254,17 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                     index -= 1
                 return index
             start = index + 1
-        return next((index for index in range(start, len(settings)) if keeps(index)), None)
+        best_metric, stale = -1.0, 0
+        for index in range(start, len(settings)):
+            if keeps(index):
+                return index
+            metric = tried[-1]["held_out_metric"]
+            best_metric, stale = (metric, 0) if metric > best_metric else (best_metric, stale + 1)
+            if stale == _BUDGET_PATIENCE:
+                log.info("budget search: sparsity %.2f: %d wider settings did not raise the held-out %s; stopped "
+                         "widening", level, _BUDGET_PATIENCE, spec.primary)
+                return None
+        return None
 
     fewest = fewest_kept(0.0, None)
     if fewest is not None:

@@ -3,6 +3,7 @@ quantizer, its magnitude-pruning baseline, and the rule that picks each method's
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +58,15 @@ def test_settings_are_chosen_on_calibration_and_the_front_is_monotone():
     assert [p.setting for p in front] == ["c"]  # c is smallest and best on evaluation: it dominates the rest
     front = bench_peers.frontier(points + [point("e", 200, 1.0, 1.0)])
     assert [p.setting for p in front] == ["c", "e"]
+
+
+def test_onnx_de_allocations_join_the_grid_and_merge_keeps_earlier_points(tmp_path):
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_peers.py"
+    common = [sys.executable, str(tool), "mnist-mlp", "--out", str(tmp_path), "--methods", "onnx-de",
+              "--sparsity", "0", "--schemes", "codebook"]
+    subprocess.run([*common, "--bits", "4", "--budgets", "0.99"], check=True, capture_output=True)
+    subprocess.run([*common, "--bits", "3", "--merge"], check=True, capture_output=True)
+    points = {p.setting: p for p in bench_peers.Results.load(tmp_path / "mnist-mlp.json").points}
+    allocated = [s for s in points if s.startswith("s=0 codebook auto@0.99 (")]
+    assert {"s=0 codebook b=4", "s=0 codebook b=3"} < set(points) and len(allocated) == 1
+    assert points[allocated[0]].calibration >= 0.99  # the allocation keeps its budget on calibration

@@ -177,6 +177,11 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
     levels = sorted({t["sparsity"] for t in tried})
     failed = [level for level in levels if not any(t["kept"] for t in tried if t["sparsity"] == level)]
     assert not failed or failed == [levels[-1]]  # the ladder stops at the first level that keeps nothing
+    for level in failed:  # it widened to the finest step, or until 3 wider settings did not raise the metric
+        rows = [t for t in equal if t["sparsity"] == level]
+        metrics = [t["held_out_metric"] for t in rows]
+        assert (rows[-1]["scheme"], rows[-1]["bits"]) == ("step", 14) or (
+            len(metrics) > 3 and max(metrics[-3:]) <= max(metrics[:-3]))
 
 
 def test_a_budget_nothing_keeps_returns_the_lossless_container(tmp_path, caplog):

@@ -9,7 +9,8 @@ Methods (all start from the same fp32 model, Constant-node weights folded into i
 ratios are to the zoo's fp32 ``.onnx`` file):
 
 - ``onnx-de``: DE sparsity (with compensation) x bits x scheme (codebook or uniform levels, per tensor or per
-  channel), the ``.ode`` container (sparsity 0: quantization only).
+  channel, or model-wide steps), the ``.ode`` container (sparsity 0: quantization only); with ``--budgets``,
+  also bits allocated per layer within each calibration budget (setting ``auto@BUDGET``).
 - ``zstd-19``, ``zipnn``: lossless compression of the fp32 file.
 - ``ort-dynamic``: ONNX Runtime ``quantize_dynamic`` int8 weights, per tensor / per channel.
 - ``ort-static-qdq``: ``quantize_static`` (QDQ, int8 weights and activations, calibrated on the calibration split).
@@ -153,7 +154,7 @@ class Case:
             scores[split] = result[result["primary"]]
         point = Point(method, setting, len(artifact), len(_zstd(artifact)), scores["calibration"],
                       scores["evaluation"], encode_s, decode_s)
-        self.points.append(point)
+        self.points = [p for p in self.points if (p.method, p.setting) != (method, setting)] + [point]
         print(f"  {method:<20} {setting:<24} {len(artifact):>10,} B  {self.fp32_bytes / len(artifact):7.1f}x  "
               f"cal {point.calibration:.4f}  eval {point.evaluation:.4f}", flush=True)
         return point
@@ -184,7 +185,7 @@ def open_case(name: str, threads: int | None) -> Case:
 # ---------------------------------------------------------------- onnx-de
 
 
-def run_onnx_de(case: Case, sparsities, widths, schemes) -> None:
+def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=()) -> None:
     calibration = case.splits["calibration"]
     for level in sparsities:
         started = time.perf_counter()
@@ -195,10 +196,12 @@ def run_onnx_de(case: Case, sparsities, widths, schemes) -> None:
             student = case.teacher
         searched = time.perf_counter() - started
         energies = weight_energies(student, calibration, case.threads)
-        for label, width in ((label, width) for label in schemes for width in widths):
+        settings = [(label, width, None) for label in schemes for width in widths]
+        settings += [(label, "auto", budget) for label in schemes for budget in budgets]
+        for label, width, budget in settings:
             scheme, _, granularity = label.partition("-")  # codebook, uniform; -channel or -tensor
             started = time.perf_counter()
-            result = quantize(student, calibration, bits=width, scheme=scheme, teacher=case.teacher,
+            result = quantize(student, calibration, bits=width, budget=budget, scheme=scheme, teacher=case.teacher,
                               per_channel={"": None, "channel": True, "tensor": False}[granularity],
                               metric=case.spec, intra_op_threads=case.threads, energies=energies)
             container = onnx_de.encode(result.student)
@@ -206,7 +209,8 @@ def run_onnx_de(case: Case, sparsities, widths, schemes) -> None:
             started = time.perf_counter()
             decoded = onnx_de.decode(container)
             decode_s = time.perf_counter() - started
-            case.judge("onnx-de", f"s={level:g} {label} b={width}", container, decoded, encode_s, decode_s)
+            setting = f"b={width}" if budget is None else f"auto@{budget:g} ({result.average_bits:.2f} b)"
+            case.judge("onnx-de", f"s={level:g} {label} {setting}", container, decoded, encode_s, decode_s)
 
 
 # ---------------------------------------------------------------- lossless
@@ -659,8 +663,11 @@ def main() -> None:
     parser.add_argument("--pruned-qp", default=",".join(map(str, PRUNED_QP)),
                         help="NNCodec's quantization parameters after pruning")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--budgets", default="", help="onnx-de's calibration budgets for bits per layer")
     parser.add_argument("--append", action="store_true",
                         help="keep the points of methods not run now from an earlier OUT/NAME.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep every point of an earlier OUT/NAME.json but those measured again now")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite OUT/NAME.md and OUT/NAME.svg from OUT/NAME.json")
     args = parser.parse_args()
@@ -686,9 +693,9 @@ def main() -> None:
         command = "python " + " ".join(sys.argv)
         case = open_case(name, args.threads)
         saved = args.out / f"{name}.json"
-        if args.append and saved.exists():  # keep the other methods' points of an earlier run
+        if (args.append or args.merge) and saved.exists():  # keep the other methods' points of an earlier run
             earlier = Results.load(saved)
-            case.points = [p for p in earlier.points if p.method not in methods]
+            case.points = [p for p in earlier.points if args.merge or p.method not in methods]
             rerun = methods | {step for step, covered in STEP_METHODS.items() if covered & methods}
             case.skipped = {k: v for k, v in earlier.skipped.items() if k.split(" ")[0] not in rerun}
             command = json.loads(saved.read_text())["command"] + " && " + command
@@ -697,7 +704,7 @@ def main() -> None:
             folder = Path(scratch)
             steps = [
                 ("onnx-de", lambda: run_onnx_de(case, floats(args.sparsity), [int(b) for b in floats(args.bits)],
-                                                  args.schemes.split(","))),
+                                                  args.schemes.split(","), floats(args.budgets))),
                 ("lossless", lambda: run_lossless(case, methods)),
                 ("ort", lambda: run_ort(case, methods, folder)),
                 ("pruned+int8", lambda: run_pruned_int8(case, folder, floats(args.prune), methods)),
