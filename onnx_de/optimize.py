@@ -189,13 +189,14 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     :meth:`Dataset.hold_out`): DE, compensation and quantization never see it, so it shows what the fitted
     student does on samples it was not fitted to. The first level prunes nothing; its first setting is the
     scheme at 6 bits, then fewer bits while the budget holds, or more (7, then model-wide steps of 8-14)
-    until it does, or until three wider settings in a row fail to raise the held-out metric (the zeros, not the
-    bits, are what loses it). Each sparser level starts from the fewest bits the level before kept, since more
-    zeros only need as many bits or more. The ladder stops at the first level that keeps nothing (where that is the first
-    sparse level, lighter ones are tried). At the level of the smallest container so far, bits are then also
-    allocated per layer (``bits="auto"``, within the budget on the search samples, or halfway to 1 where the
-    held-out samples miss it). Returns the sparsify and quantize results of the smallest container that keeps
-    the budget, and every setting tried; where nothing does, the lossless container (the teacher).
+    until it does, or until three wider settings in a row fail to raise the held-out metric (the zeros, not
+    the bits, are what loses it). Each sparser level starts from the fewest bits the level before kept, since
+    more zeros only need as many bits or more. The ladder stops at the first level that keeps nothing (where
+    that is the first sparse level, lighter ones are tried). At the level of the smallest container so far,
+    bits are then also allocated per layer (``bits="auto"``, within the budget on the search samples, or
+    halfway to 1 where the held-out samples miss it). Returns the sparsify and quantize results of the
+    smallest container that keeps the budget, and every setting tried; where nothing does, the lossless
+    container (the teacher).
     """
     if len(calibration) < 8:
         raise ConfigError(f"a budget search needs at least 8 calibration samples to hold a quarter out, "
