@@ -368,8 +368,9 @@ def _eval(args: argparse.Namespace) -> int:
 def format_fidelity(result: dict) -> str:
     """One line per fidelity number, primary metric first."""
     keys = [result["primary"]] + [k for k in ("top1_agreement", "accuracy", "teacher_accuracy", "kl", "mask_iou",
-                                              "detection_recall", "detection_precision", "teacher_objects",
-                                              "rel_l2", "cosine") if k in result and k != result["primary"]]
+                                              "detection_f1", "detection_recall", "detection_precision",
+                                              "teacher_objects", "rel_l2", "cosine")
+                                  if k in result and k != result["primary"]]
     lines = [f"{result['metric']} fidelity on {result['data']} ({result['samples']} samples)"]
     lines += [f"  {k:<20} {result[k]:.6g}" for k in keys]
     return "\n".join(lines)

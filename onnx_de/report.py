@@ -44,7 +44,7 @@ def _fidelity(fidelity: dict | None) -> str:
     if not fidelity:
         return "<p class='note'>No evaluation data was given.</p>"
     rows = [("metric", "value")]
-    for key in ("top1_agreement", "accuracy", "teacher_accuracy", "kl", "mask_iou", "detection_recall",
+    for key in ("top1_agreement", "accuracy", "teacher_accuracy", "kl", "mask_iou", "detection_f1", "detection_recall",
                 "detection_precision", "teacher_objects", "rel_l2", "cosine"):
         if key in fidelity:
             label = key + (" (primary)" if key == fidelity.get("primary") else "")

@@ -58,3 +58,12 @@ def test_detection_recall_and_precision():
     missing_one = yolox_raw([(0, 0.95), (63, 0.85)])
     recall, precision, objects = detection_scores(teacher, missing_one, spec)
     assert (recall, precision, objects) == (0.5, 0.5, 2)
+
+
+def test_detection_budgets_are_set_on_f1_so_false_objects_count():
+    spec = MetricSpec("detection", input_size=(64, 64))
+    teacher = yolox_raw([(0, 0.95), (30, 0.9)])
+    extra = yolox_raw([(0, 0.95), (30, 0.9), (50, 0.9), (63, 0.9)])  # both objects, and two false ones
+    result = fidelity([teacher], [extra], spec)
+    assert (result["detection_recall"], result["detection_precision"]) == (1.0, 0.5)
+    assert result["primary"] == "detection_f1" and result["detection_f1"] == pytest.approx(2 / 3)
