@@ -78,8 +78,9 @@ def search_bits(scorer: Scorer, options: dict[str, dict[int, QuantizedTensor]], 
         log.warning("even %d bits per layer give %s %.4f, below the budget %.4f", max(widest.values()),
                     scorer.spec.primary, best_metric, budget)
         return best_bits, best_metric
-    # The cap is bisected on a log scale: the narrowest widths of a step scheme cost 10^5 times what a budget
-    # near 1 allows, and a linear bisection over that range never tried a cap small enough to keep it.
+    # The cap is bisected on a log scale: the range is set by the narrowest widths' costs, far above what a
+    # budget near 1 allows, and a linear bisection of it never tried a cap small enough (ppocr-det with step
+    # widths 1-14 kept 14 bits on every layer).
     positive = [cost for choice in costs.values() for cost in choice.values() if cost > 0]
     high = sum(max(choice.values()) for choice in costs.values()) * 2 + 1e-12
     low = min(positive) / 2 if positive else high

@@ -152,6 +152,11 @@ class OptimizeConfig:
     def selection(self) -> WeightSelection:
         return WeightSelection(self.include, self.exclude, self.min_size)
 
+    @property
+    def prunes(self) -> bool:
+        """Whether a global or per-layer sparsity target asks for any zeros (sparsity 0 alone: quantize only)."""
+        return self.sparsity != 0 or any(o.sparsity for o in self.layers.values())
+
     def search(self, sparsity: float | None = None) -> SearchConfig:
         """The Directed-Evolution settings for the config's global target, or for ``sparsity`` (then without the
         budget, which a budget search checks on held-out samples instead)."""

@@ -137,7 +137,7 @@ def optimize(
     if config.sparsity is None:
         sparse, quantized, tried = _smallest_within_budget(teacher, calibration, spec, config, progress)
     else:
-        if config.sparsity == 0 and not any(o.sparsity for o in config.layers.values()):
+        if not config.prunes:
             sparse = unpruned(teacher)  # quantize and encode only
         else:
             sparse = sparsify(teacher, calibration, config=config.search(), compensate=config.compensate,
@@ -206,12 +206,18 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     tried = []
     best = None  # (bytes, sparsify, quantize) of the smallest container that keeps the budget
 
-    def quantize_at(sparse, scheme: str, bits, budget: float | None = None, energies=None):
+    energies = {}  # of the level last quantized with a weighted scheme: computed once per level
+
+    def quantize_at(sparse, scheme: str, bits, budget: float | None = None):
+        level = sparse.config["sparsity"]
+        if scheme != "step" and level not in energies:  # a step has no error weights
+            energies.clear()
+            energies[level] = weight_energies(sparse.student, search, config.threads)
         own = scheme == config.scheme
         return quantize(sparse.student, search, bits=bits, budget=budget, scheme=scheme,
                         per_channel=config.per_channel if own else None, teacher=teacher, selection=config.selection,
                         eval_data=check, intra_op_threads=config.threads,
-                        layer_bits=config.layer_bits() if own else None, metric=spec, energies=energies,
+                        layer_bits=config.layer_bits() if own else None, metric=spec, energies=energies.get(level),
                         entropy_weight=config.entropy_weight if own else 0.0)
 
     def judge(sparse, quantized) -> bool:
@@ -240,13 +246,9 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                               selection=config.selection, intra_op_threads=config.threads, metric=spec,
                               progress=progress, workers=config.workers, executor=config.executor,
                               device=config.device)
-        energies = {}  # computed once per level, when a weighted scheme first needs them
 
         def keeps(index: int) -> bool:
-            scheme, width = settings[index]
-            if scheme != "step" and not energies:
-                energies.update(weight_energies(sparse.student, search, config.threads))
-            return judge(sparse, quantize_at(sparse, scheme, width, energies=energies or None))
+            return judge(sparse, quantize_at(sparse, *settings[index]))
 
         if start is None:  # the first level: from 6 bits, down while the budget holds, else up until it does
             index = next((i for i, s in enumerate(settings) if s == (config.scheme, _BUDGET_FIRST_BITS)), 0)
