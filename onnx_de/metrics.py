@@ -156,9 +156,15 @@ def _flat_classes(outputs: np.ndarray) -> np.ndarray:
     return outputs.reshape(len(outputs), -1).astype(np.float64)
 
 
+def are_probabilities(outputs: np.ndarray) -> bool:
+    """Whether class outputs are probabilities already (non-negative rows summing to 1) rather than logits."""
+    rows = _flat_classes(outputs)
+    return bool(rows.min() >= 0 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+
+
 def _log_probs(values: np.ndarray) -> np.ndarray:
     """Log-probabilities of rows that are already probabilities (non-negative, summing to 1) or logits."""
-    if values.min() >= 0 and np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
+    if are_probabilities(values):
         return np.log(np.clip(values, 1e-12, None))
     shifted = values - values.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

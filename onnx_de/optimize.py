@@ -70,8 +70,20 @@ class OptimizeResult:
             "stopped": self.sparsified.stopped, "layers": layers, "fidelity": self.fidelity,
             "calibration_metric_after_quantization": self.quantized.calibration_metric,
             "trajectory": self.sparsified.trajectory, "container": self.container, "seconds": self.seconds,
-            "budget_search": self.tried,
+            "budget_search": self.tried, "budget": self.budget_check(),
         }
+
+    def budget_check(self) -> dict | None:
+        """The fidelity budget against the evaluation fidelity: the search kept it on calibration samples only
+        (held-out ones with a budget alone), so a user sees here whether it also held on unseen data."""
+        if self.config.budget is None:
+            return None
+        check = {"value": self.config.budget,
+                 "judged_on": "held-out calibration samples" if self.config.sparsity is None else "calibration samples"}
+        if self.fidelity:
+            metric = self.fidelity[self.fidelity["primary"]]
+            check.update(evaluation=metric, kept_on_evaluation=metric >= self.config.budget)
+        return check
 
     def summary(self) -> str:
         """A short table for the terminal."""
@@ -88,6 +100,11 @@ class OptimizeResult:
                      if "accuracy" in self.fidelity else "")
             rows.append(("fidelity", f"{primary} {self.fidelity[primary]:.4f} on {self.fidelity['samples']} unseen "
                                      f"samples, decoded from the container{extra}"))
+        check = self.budget_check()
+        if check:
+            verdict = ("" if "kept_on_evaluation" not in check else ", and on the unseen samples" if
+                       check["kept_on_evaluation"] else ", NOT on the unseen samples (README, Pipeline)")
+            rows.append(("budget", f"{check['value']} kept on {check['judged_on']}{verdict}"))
         rows.append(("time", f"{sum(self.seconds.values()):.0f} s"))
         rows.append(("report", str(self.output / "report.html")))
         return "\n".join(f"{name:<10} {value}" for name, value in rows)

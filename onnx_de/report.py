@@ -28,7 +28,7 @@ def render_html(report: dict) -> str:
                 ("container (.ode)", f"{sizes['container']:,} bytes: {sizes['ratio']:.1f}x smaller"),
                 ("sparsity", f"{report['sparsity']:.4f}" + (" (stopped by the budget)"
                                                            if report.get("stopped") == "budget" else "")),
-                ("bits per surviving weight", f"{report['average_bits']:.2f}")]),
+                ("bits per surviving weight", f"{report['average_bits']:.2f}"), *_budget(report.get("budget"))]),
         "<h2>Fidelity on the evaluation split (model decoded from the container)</h2>",
         _fidelity(report.get("fidelity")),
         "<h2>Per layer: sparsity and bits</h2>", _layers(report["layers"]),
@@ -38,6 +38,14 @@ def render_html(report: dict) -> str:
         "<p class='note'>Numbers: report.json beside this file.</p></body></html>",
     ]
     return "\n".join(parts)
+
+
+def _budget(check: dict | None) -> list[tuple[str, str]]:
+    if not check:
+        return []
+    verdict = ("" if "kept_on_evaluation" not in check else
+               f"; evaluation {check['evaluation']:.4f}: " + ("kept" if check["kept_on_evaluation"] else "MISSED"))
+    return [("fidelity budget", f"{check['value']} on {check['judged_on']}{verdict}")]
 
 
 def _fidelity(fidelity: dict | None) -> str:

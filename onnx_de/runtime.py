@@ -96,6 +96,11 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if device == "cuda":
+        # onnxruntime-gpu 1.31 logs "No registered plugin EP device found for 'CUDAExecutionProvider'" on its
+        # default logger for every tensor placed on the GPU (hundreds per search), though the CUDA provider
+        # serves them: that logger shows errors only from the first GPU session on.
+        ort.set_default_logger_severity(3)
     try:
         providers = [("CUDAExecutionProvider", _CUDA_OPTIONS)] if device == "cuda" else []
         return ort.InferenceSession(model.serialized(), options, providers=[*providers, "CPUExecutionProvider"])

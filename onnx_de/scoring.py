@@ -11,7 +11,8 @@ Partial execution: :meth:`Scorer.refresh` runs the student once and keeps, for t
 searched, the tensors their downstream part reads from upstream (the frontier). A candidate of such a layer
 then runs only the nodes its weight can affect, in a small session built once per layer; the outputs it
 cannot affect come from the refresh. :meth:`Scorer.commit` zeroes weights for good and makes the frontiers
-stale, so partial runs wait for the next refresh.
+stale, so partial runs wait for the next refresh. On the GPU a partial run's graph also computes the
+divergence (:mod:`onnx_de.divergence_graph`) and returns one number per batch instead of its outputs.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import onnxruntime as ort
 
 from .data import Dataset
+from .divergence_graph import TERM_PREFIX, append_divergence, teacher_input_names
 from .graphs import Downstream, downstream_of, expose_outputs
-from .metrics import MetricSpec, fidelity, kl_from_log_probs, log_probabilities
+from .metrics import MetricSpec, are_probabilities, fidelity, kl_from_log_probs, log_probabilities
 from .model import Model
 from .runtime import create_session, fixed_batch, run_model
 from .runtime_graph import runtime_graph
@@ -33,6 +35,11 @@ __all__ = ["Scorer", "divergence_kind"]
 log = logging.getLogger(__name__)
 
 _EPS = 1e-6  # probabilities are clipped to [_EPS, 1 - _EPS] in the binary KL
+
+
+def _squared_error(student: np.ndarray, teacher: np.ndarray) -> float:
+    difference = student.astype(np.float64) - teacher
+    return float(np.vdot(difference, difference))
 
 
 def divergence_kind(spec: MetricSpec) -> str:
@@ -58,6 +65,10 @@ class Scorer:
         device: ``cpu``, or ``cuda`` (from :func:`~onnx_de.runtime.resolve_device`): teacher and student run on
             the GPU, where the calibration batches and the weights stay; after a change only the tensors of
             the changed weight are uploaded.
+        graph_divergence: partial runs compute the divergence inside their graph, in float32
+            (:mod:`onnx_de.divergence_graph`), and return one number per output instead of the outputs; by
+            default on the GPU (for float32 outputs), where copying outputs back and the host's arithmetic
+            would cost as much as the run. Off, numpy computes it in float64 from the outputs (the CPU default).
 
     Attributes:
         weights: the current student weights by name. During a search change them through :meth:`commit`;
@@ -67,7 +78,8 @@ class Scorer:
 
     def __init__(self, model: Model, data: Dataset, weights: list[str], spec: MetricSpec,
                  *, intra_op_threads: int | None = None, partial: bool = True,
-                 optimized_graph: bool | None = None, reference: Model | None = None, device: str = "cpu") -> None:
+                 optimized_graph: bool | None = None, reference: Model | None = None, device: str = "cpu",
+                 graph_divergence: bool | None = None) -> None:
         self.spec = spec
         self.kind = divergence_kind(spec)
         self._device = device
@@ -95,7 +107,11 @@ class Scorer:
         self._frontier: ort.InferenceSession | None = None
         self._partial_bindings: dict[str, list[ort.IOBinding]] = {}
         self._outputs: list[np.ndarray] = []
+        self._current = 0.0  # the divergence of the last refresh
         self._stale = True
+        self._graph_divergence = (device == "cuda" if graph_divergence is None else graph_divergence) and all(
+            self.teacher_outputs[self._output_names.index(o)].dtype == np.float32 for o in self._divergence_outputs())
+        self._teacher_sides = [self._teacher_side(rows) for rows in self._slices] if self._graph_divergence else []
 
     def _use_graph(self, graph, data: Dataset) -> None:
         """Open the student session on ``graph`` and bind its inputs: the data batches and the weight tensors."""
@@ -181,6 +197,35 @@ class Scorer:
         else:
             self._teacher_energy = [max(float(np.sum(t.astype(np.float64) ** 2)), 1e-12) for t in self.teacher_outputs]
 
+    def _divergence_outputs(self) -> list[str]:
+        """The outputs the divergence reads: the metric's output, or every output for ``nmse``."""
+        return list(self._output_names) if self.kind == "nmse" else [self._output_names[self.spec.output]]
+
+    def _teacher_side(self, rows: slice) -> dict[str, ort.OrtValue]:
+        """The teacher-side inputs of the graph divergence (:func:`append_divergence`) for one batch."""
+        if self.kind == "kl":
+            arrays = {self._output_names[self.spec.output]: [np.exp(self._teacher_log[rows]), self._teacher_log[rows]]}
+        elif self.kind == "bkl":
+            arrays = {self._output_names[self.spec.output]: [term[rows] for term in self._teacher_terms]}
+        else:
+            arrays = {name: [t[rows]] for name, t in zip(self._output_names, self.teacher_outputs)}
+        return {input_name: self._value(np.ascontiguousarray(array, dtype=np.float32))
+                for output, values in arrays.items()
+                for input_name, array in zip(teacher_input_names(self.kind, output), values)}
+
+    def _divergence_from_sums(self, sums: dict[str, float]) -> float:
+        """The divergence from the graph's per-output sums (:meth:`divergence`'s normalization); outputs not
+        in ``sums`` are those of the last refresh."""
+        if self.kind == "kl":
+            return sums[self._output_names[self.spec.output]] / len(self._teacher_log)
+        if self.kind == "bkl":
+            return sums[self._output_names[self.spec.output]] / self._teacher_terms[0].size
+        total = 0.0
+        for name, t, current, energy in zip(self._output_names, self.teacher_outputs, self._outputs,
+                                            self._teacher_energy):
+            total += (sums[name] if name in sums else _squared_error(current, t)) / energy
+        return total / len(self._output_names)
+
     def divergence(self, outputs: list[np.ndarray] | None = None) -> float:
         """Divergence of the student (current weights, or the given outputs) from the teacher; 0 when equal."""
         outputs = self.student_outputs() if outputs is None else outputs
@@ -191,10 +236,8 @@ class Scorer:
             s = np.clip(outputs[self.spec.output].astype(np.float32), _EPS, 1 - _EPS)
             terms = t * (log_t - np.log(s)) + (1 - t) * (log_not_t - np.log1p(-s))
             return float(np.mean(terms, dtype=np.float64))
-        total = 0.0
-        for t, s, energy in zip(self.teacher_outputs, outputs, self._teacher_energy):
-            difference = s.astype(np.float64) - t
-            total += float(np.vdot(difference, difference)) / energy
+        total = sum(_squared_error(s, t) / energy for t, s, energy in zip(self.teacher_outputs, outputs,
+                                                                           self._teacher_energy))
         return total / len(outputs)
 
     def refresh(self, layers: set[str]) -> float:
@@ -212,14 +255,20 @@ class Scorer:
         self._partial_bindings = {}
         for name in layers:
             part = self._downstream[name]
+            if self._graph_divergence and not set(part.outputs) & set(self._divergence_outputs()):
+                self._partial_bindings[name] = []  # it cannot change the divergence
+                continue
             partial = self._partial_session(name, part, {t: values[t] for t in part.frontier})
+            outputs = [o.name for o in partial.get_outputs()]
             self._partial_bindings[name] = [
-                self._binding(partial, {**batch, **{t: self._value(np.ascontiguousarray(values[t][rows]))
-                                                    for t in part.frontier}}, part.outputs)
-                for batch, rows in zip(self._batches, self._slices)
+                self._binding(partial, {**batch, **side, **{t: self._value(np.ascontiguousarray(values[t][rows]))
+                                                            for t in part.frontier}}, outputs)
+                for batch, rows, side in zip(self._batches, self._slices,
+                                             self._teacher_sides or [{}] * len(self._batches))
             ]
         self._stale = False
-        return self.divergence(self._outputs)
+        self._current = self.divergence(self._outputs)
+        return self._current
 
     def _frontier_session(self) -> ort.InferenceSession:
         """The full student with every layer's frontier tensors also exposed as outputs (built once)."""
@@ -229,8 +278,15 @@ class Scorer:
         return self._frontier
 
     def _partial_session(self, name: str, part: Downstream, examples: dict) -> ort.InferenceSession:
+        """The session of ``name``'s downstream part (built once): its outputs, or with graph divergence the
+        sums of the divergence terms of those it produces."""
         if name not in self._partial_sessions:
-            self._partial_sessions[name] = self._session(part.model(self._runtime.proto, examples))
+            proto = part.model(self._runtime.proto, examples)
+            if self._graph_divergence:
+                proto = append_divergence(proto, [o for o in self._divergence_outputs() if o in part.outputs],
+                                          self.kind, _EPS, self.kind == "kl" and are_probabilities(
+                                              self.teacher_outputs[self.spec.output]))
+            self._partial_sessions[name] = self._session(proto)
         return self._partial_sessions[name]
 
     def score(self, name: str, indices: np.ndarray) -> float:
@@ -252,8 +308,19 @@ class Scorer:
         try:
             if not partial:
                 return self.divergence(self._run(self.session, self._bindings))
-            part = self._downstream[name]
-            changed = dict(zip(part.outputs, self._run(self._partial_sessions[name], self._partial_bindings[name])))
+            bindings = self._partial_bindings[name]
+            if not bindings:  # the weight cannot reach the outputs the divergence reads
+                return self._current
+            session = self._partial_sessions[name]
+            names = [o.name for o in session.get_outputs()]
+            if self._graph_divergence:
+                sums = dict.fromkeys(names, 0.0)
+                for binding in bindings:
+                    session.run_with_iobinding(binding)
+                    for output, value in zip(names, binding.get_outputs()):
+                        sums[output] += float(value.numpy())
+                return self._divergence_from_sums({o[len(TERM_PREFIX):]: v for o, v in sums.items()})
+            changed = dict(zip(names, self._run(session, bindings)))
             return self.divergence([changed.get(o, current) for o, current in zip(self._output_names, self._outputs)])
         finally:
             self._runtime.write(name, self.weights[name], indices)

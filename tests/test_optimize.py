@@ -174,6 +174,11 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
     assert {(t["sparsity"], t["scheme"]) for t in allocated} == {(smallest["sparsity"], smallest["scheme"])}
     # The chosen setting, rebuilt into the final container, has the size the search measured.
     assert result.container_bytes == best["container"]
+    # The report sets the budget against the unseen samples' fidelity.
+    check = result.to_dict()["budget"]
+    assert check["judged_on"] == "held-out calibration samples" and check["value"] == 0.97
+    assert check["kept_on_evaluation"] == (result.fidelity["top1_agreement"] >= 0.97)
+    assert "budget" in result.summary() and "fidelity budget" in (tmp_path / "report.html").read_text()
     levels = sorted({t["sparsity"] for t in tried})
     failed = [level for level in levels if not any(t["kept"] for t in tried if t["sparsity"] == level)]
     assert not failed or failed == [levels[-1]]  # the ladder stops at the first level that keeps nothing
@@ -191,6 +196,8 @@ def test_a_budget_nothing_keeps_returns_the_lossless_container(tmp_path, caplog)
     assert "no quantized setting keeps the budget" in caplog.text
     assert result.quantized.scheme == "lossless" and result.sparsified.sparsity == 0
     assert result.fidelity["top1_agreement"] == 1.0  # decoded from the container: the teacher, bit for bit
+    assert result.to_dict()["budget"]["kept_on_evaluation"]
+    assert "and on the unseen samples" in result.summary()
     decoded = {t.name: numpy_helper.to_array(t) for t in onnx_de.decode(tmp_path / "model.ode").graph.initializer}
     teacher = onnx_de.open_model("zoo:mnist-mlp")
     assert teacher.prunable

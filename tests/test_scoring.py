@@ -39,6 +39,30 @@ def test_partial_execution_scores_like_a_full_run(name, samples):
     assert partial.score(layers[2], np.arange(5)) == pytest.approx(full.score(layers[2], np.arange(5)), rel=1e-3, abs=1e-9)
 
 
+@pytest.mark.parametrize("name, samples, metric", [("mnist-lenet5", 64, None), ("ppocr-det", 2, None),
+                                                    ("mnist-mlp", 64, "generic")])
+def test_the_divergence_computed_in_the_graph_equals_numpy_s(name, samples, metric):
+    """kl (class logits), bkl (a probability map) and nmse: the float32 sums the partial graphs return give
+    the divergence the host computes in float64 from their outputs, to float32 rounding (log-probabilities
+    near 0 carry about 1e-8 of it into a KL)."""
+    model = onnx_de.open_model(f"zoo:{name}")
+    data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
+    names = [w.name for w in model.prunable]
+    spec = resolve_metric(metric, model, f"zoo:{name}")
+    host, graph = (Scorer(model, data, names, spec, graph_divergence=g) for g in (False, True))
+    assert graph._graph_divergence and not host._graph_divergence
+    rng = np.random.default_rng(0)
+    layers = [names[0], names[len(names) // 2], names[-1]]
+    assert graph.refresh(set(layers)) == host.refresh(set(layers))  # full runs: numpy on both
+    for layer in layers:
+        idx = rng.choice(host.weights[layer].size, host.weights[layer].size // 4, replace=False)
+        expected = host.score(layer, idx)
+        assert expected > host.divergence() * (1 + 1e-3)  # the candidate matters
+        assert graph.score(layer, idx) == pytest.approx(expected, rel=1e-4, abs=5e-8)
+        assert graph.score_values(layer, host.weights[layer] * 0.9) == pytest.approx(
+            host.score_values(layer, host.weights[layer] * 0.9), rel=1e-4, abs=5e-8)
+
+
 def test_downstream_of_the_last_layer_is_small_and_of_the_first_is_everything():
     model = onnx_de.open_model("zoo:efficientnet-lite0")
     names = [w.name for w in model.prunable]

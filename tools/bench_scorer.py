@@ -10,6 +10,7 @@ long search do; the table is the steady state. The last column is the process's 
 (the Scorers of a model stay alive until the next one): run one model per invocation to read it per model.
 
     python tools/bench_scorer.py mnist-mlp efficientnet-lite0 --generations 3
+    python tools/bench_scorer.py ppocr-det --device cuda     # every session on the GPU (onnxruntime-gpu)
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import numpy as np  # noqa: E402
 
 import onnx_de  # noqa: E402
 from onnx_de.evaluate import resolve_metric  # noqa: E402
+from onnx_de.runtime import DEVICES, resolve_device  # noqa: E402
 from onnx_de.scoring import Scorer  # noqa: E402
 from onnx_de.sparsify import student_model  # noqa: E402
 from bench_env import header  # noqa: E402
 
 
-def measure(name: str, generations: int, samples: int | None) -> str:
+def measure(name: str, generations: int, samples: int | None, device: str) -> str:
     model = onnx_de.open_model(f"zoo:{name}")
     data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
     names = [w.name for w in model.prunable]
@@ -45,7 +47,7 @@ def measure(name: str, generations: int, samples: int | None) -> str:
 
     rates = {}
     for optimized, partial in ((True, True), (True, False), (False, True)):  # forced, not chosen by timing
-        scorer = Scorer(model, data, names, spec, partial=partial, optimized_graph=optimized)
+        scorer = Scorer(model, data, names, spec, partial=partial, optimized_graph=optimized, device=device)
         scorer.refresh(set(names))
         for _ in range(3):
             for layer in names:
@@ -58,7 +60,7 @@ def measure(name: str, generations: int, samples: int | None) -> str:
                 scorer.score(layer, idx)
         rates[optimized, partial] = generations * population / (time.perf_counter() - started)
 
-    session = onnx_de.create_session(model)
+    session = onnx_de.create_session(model, device=device)
     onnx_de.run_model(session, data)
     started = time.perf_counter()
     for _ in range(population):
@@ -70,7 +72,7 @@ def measure(name: str, generations: int, samples: int | None) -> str:
     for layer, idx in draw(scorer)[:naive_count]:
         weights = {layer: scorer.weights[layer].copy()}
         weights[layer].reshape(-1)[idx] = 0
-        onnx_de.run_model(onnx_de.create_session(student_model(model, weights)), data)
+        onnx_de.run_model(onnx_de.create_session(student_model(model, weights), device=device), data)
     naive = naive_count / (time.perf_counter() - started)
     best = rates[True, True]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -83,14 +85,17 @@ def main() -> None:
     parser.add_argument("models", nargs="+")
     parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--samples", type=int, help="calibration samples (default: the whole split)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where every session runs (auto: the GPU where there is one)")
     args = parser.parse_args()
+    device = resolve_device(args.device)
     print(header(args.models), flush=True)
     print("| model | batch | plain forward/s | DE candidates/s (partial) | candidates/s (full runs) | "
           "candidates/s (model's own graph, partial) | naive (new session) candidates/s | partial / plain | "
           "partial / naive | peak RSS so far, GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        print(measure(name, args.generations, args.samples), flush=True)
+        print(measure(name, args.generations, args.samples, device), flush=True)
 
 
 if __name__ == "__main__":
