@@ -197,8 +197,7 @@ def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], 
             continue  # the same masks as the search's: the same pass
         for name, mask in current.items():
             scorer.weights[name][...] = start[name] if label == "search" else np.where(mask, probe.teacher[name], 0)
-        kept = _compensate_pass(scorer, probe, current, ridge)
-        score = scorer.divergence()
+        kept, score = _compensate_pass(scorer, probe, current, ridge)
         if alternatives:
             log.info("refit from the %s masks: divergence %.6g", label, score)
         if best is None or score < best[0]:
@@ -212,24 +211,28 @@ def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], 
 
 
 def _compensate_pass(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray],
-                     ridge: float) -> dict[str, bool]:
+                     ridge: float) -> tuple[dict[str, bool], float]:
     """One refit of every layer, in graph order, from the scorer's weights under ``masks``; per layer, whether
-    its refit was kept."""
+    its refit was kept, and the final divergence (each layer's starting divergence is the one its predecessor
+    ended with, so every layer costs one scoring run)."""
     kept: dict[str, bool] = {}
+    current = scorer.divergence()
     for name, layer in sorted(probe.layers.items(), key=lambda item: item[1].order):
         if not _supported(layer) or masks[name].all():
             kept[name] = False
             continue
-        before = (scorer.divergence(), scorer.weights[name].copy())
+        before = scorer.weights[name].copy()
         system = _RefitSystem(layer, probe.capture(name), probe.capture(name, scorer.weights), probe.teacher[name],
                               ridge)
-        scorer.weights[name][...] = system.solve(masks[name], before[1])
-        helped = scorer.divergence() < before[0]
-        if not helped:
-            scorer.weights[name][...] = before[1]
-        kept[name] = helped
-        log.info("compensated %s: %s", name, "refit" if helped else "reverted (no gain)")
-    return kept
+        scorer.weights[name][...] = system.solve(masks[name], before)
+        after = scorer.divergence()
+        kept[name] = after < current
+        if kept[name]:
+            current = after
+        else:
+            scorer.weights[name][...] = before
+        log.info("compensated %s: %s", name, "refit" if kept[name] else "reverted (no gain)")
+    return kept, current
 
 
 class _RefitSystem:
