@@ -3,9 +3,9 @@ output and batch instead of the outputs themselves.
 
 Each divergence (:func:`onnx_de.scoring.divergence_kind`) is a sum over one output's elements of a term that
 reads the student's output and the teacher's side, which enters as extra graph inputs computed once on the
-host (the Scorer's own teacher terms); the Scorer adds the per-batch sums and normalizes them as its host formula does. The graph computes in
-float32, the host formula in float64: the two agree to float32 rounding, not bit for bit, so a Scorer uses
-one or the other for all of its candidates.
+host (the Scorer's own teacher terms); the Scorer adds the per-batch sums and normalizes them as its host
+formula does. The graph computes in float32, the host formula in float64: the two agree to float32 rounding,
+not bit for bit, so a Scorer uses one or the other for all of its candidates.
 """
 
 from __future__ import annotations

@@ -39,12 +39,12 @@ def test_partial_execution_scores_like_a_full_run(name, samples):
     assert partial.score(layers[2], np.arange(5)) == pytest.approx(full.score(layers[2], np.arange(5)), rel=1e-3, abs=1e-9)
 
 
-@pytest.mark.parametrize("name, samples, metric", [("mnist-lenet5", 64, None), ("ppocr-det", 2, None),
-                                                    ("mnist-mlp", 64, "generic")])
+@pytest.mark.parametrize("name, samples, metric", [("mnist-lenet5", 64, None), ("ppocr-cls", 16, None),
+                                                    ("ppocr-det", 2, None), ("mnist-mlp", 64, "generic")])
 def test_the_divergence_computed_in_the_graph_equals_numpy_s(name, samples, metric):
-    """kl (class logits), bkl (a probability map) and nmse: the float32 sums the partial graphs return give
-    the divergence the host computes in float64 from their outputs, to float32 rounding (log-probabilities
-    near 0 carry about 1e-8 of it into a KL)."""
+    """kl (class logits; ppocr-cls: probabilities), bkl (a probability map) and nmse: the float32 sums the
+    partial graphs return give the divergence the host computes in float64 from their outputs, to float32
+    rounding (log-probabilities near 0 carry about 1e-8 of it into a KL)."""
     model = onnx_de.open_model(f"zoo:{name}")
     data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
     names = [w.name for w in model.prunable]
