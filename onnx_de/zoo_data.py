@@ -4,10 +4,15 @@ Each builder is deterministic (seeded by model and split) and keeps the two spli
 different digits, different source photographs, different fonts and words. The MNIST splits ship in
 ``models/``; the others are made from scikit-image's bundled images and text rendered with Pillow in the
 TrueType fonts that matplotlib ships, so they need the ``zoo`` extra (scikit-image, Pillow, matplotlib).
+Text is laid out by libraqm where Pillow finds it (it needs the system's FriBiDi, Debian ``libfribidi0``), as
+on the machines that measured BENCHMARKS.md; without it Pillow's basic layout places glyphs differently and
+the text splits differ (logged once).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import zlib
 from pathlib import Path
 
@@ -17,6 +22,8 @@ from .data import Dataset
 from .errors import ZooError
 
 __all__ = ["build"]
+
+log = logging.getLogger(__name__)
 
 # Fonts and words differ between the splits so that evaluation text is never seen during the search.
 _FONTS = {
@@ -85,7 +92,20 @@ def _font(name: str, size: int):
     import matplotlib
     from PIL import ImageFont
 
-    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
+    return ImageFont.truetype(str(path), size, layout_engine=_layout_engine())
+
+
+@functools.cache
+def _layout_engine():
+    """libraqm's layout where Pillow has it, else the basic one, with a warning: the text data then differs."""
+    from PIL import ImageFont, features
+
+    if features.check("raqm"):
+        return ImageFont.Layout.RAQM
+    log.warning("Pillow has no libraqm here (install the system's FriBiDi, e.g. Debian libfribidi0): the zoo's "
+                "text pages, lines and captchas are laid out differently from those BENCHMARKS.md was measured on")
+    return ImageFont.Layout.BASIC
 
 
 def _phrase(rng, split: str, count: int) -> str:
