@@ -108,6 +108,7 @@ class Scorer:
         self._partial_bindings: dict[str, list[ort.IOBinding]] = {}
         self._outputs: list[np.ndarray] = []
         self._current = 0.0  # the divergence of the last refresh
+        self._current_errors: list[float] = []  # nmse with graph divergence: each output's error at that refresh
         self._stale = True
         self._graph_divergence = (device == "cuda" if graph_divergence is None else graph_divergence) and all(
             self.teacher_outputs[self._output_names.index(o)].dtype == np.float32 for o in self._divergence_outputs())
@@ -215,15 +216,13 @@ class Scorer:
 
     def _divergence_from_sums(self, sums: dict[str, float]) -> float:
         """The divergence from the graph's per-output sums (:meth:`divergence`'s normalization); outputs not
-        in ``sums`` are those of the last refresh."""
+        in ``sums`` are those of the last refresh (their errors computed once by :meth:`refresh`)."""
         if self.kind == "kl":
             return sums[self._output_names[self.spec.output]] / len(self._teacher_log)
         if self.kind == "bkl":
             return sums[self._output_names[self.spec.output]] / self._teacher_terms[0].size
-        total = 0.0
-        for name, t, current, energy in zip(self._output_names, self.teacher_outputs, self._outputs,
-                                            self._teacher_energy):
-            total += (sums[name] if name in sums else _squared_error(current, t)) / energy
+        total = sum(sums.get(name, current) / energy for name, current, energy in
+                    zip(self._output_names, self._current_errors, self._teacher_energy))
         return total / len(self._output_names)
 
     def divergence(self, outputs: list[np.ndarray] | None = None) -> float:
@@ -247,11 +246,12 @@ class Scorer:
             return self.divergence(self._outputs)
         self._write_weights()
         layers = sorted(layers)
-        frontier = sorted({t for name in layers for t in self._downstream[name].frontier})
+        # A model output that downstream nodes also read is fetched once, as an output.
+        frontier = sorted({t for name in layers for t in self._downstream[name].frontier} - set(self._output_names))
         session = self._frontier_session()
         fetched = self._run(session, [self._binding(session, b, self._output_names + frontier) for b in self._batches])
         self._outputs = fetched[: len(self._output_names)]
-        values = dict(zip(frontier, fetched[len(self._output_names):]))
+        values = dict(zip(self._output_names + frontier, fetched))
         self._partial_bindings = {}
         for name in layers:
             part = self._downstream[name]
@@ -268,6 +268,8 @@ class Scorer:
             ]
         self._stale = False
         self._current = self.divergence(self._outputs)
+        if self._graph_divergence and self.kind == "nmse":  # what the outputs a partial run leaves add, once
+            self._current_errors = [_squared_error(o, t) for o, t in zip(self._outputs, self.teacher_outputs)]
         return self._current
 
     def _frontier_session(self) -> ort.InferenceSession:
@@ -301,6 +303,8 @@ class Scorer:
         """Apply ``change`` to the runtime tensors of ``name``, score, and put back its elements ``indices``
         (all of them when ``None``) from the weights of record."""
         partial = not self._stale and name in self._partial_bindings
+        if partial and not self._partial_bindings[name]:  # the weight cannot reach what the divergence reads
+            return self._current
         if not partial:
             self._write_weights()
         change()
@@ -309,8 +313,6 @@ class Scorer:
             if not partial:
                 return self.divergence(self._run(self.session, self._bindings))
             bindings = self._partial_bindings[name]
-            if not bindings:  # the weight cannot reach the outputs the divergence reads
-                return self._current
             session = self._partial_sessions[name]
             names = [o.name for o in session.get_outputs()]
             if self._graph_divergence:

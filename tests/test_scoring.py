@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnx
 import pytest
 
 import onnx_de
@@ -61,6 +62,28 @@ def test_the_divergence_computed_in_the_graph_equals_numpy_s(name, samples, metr
         assert graph.score(layer, idx) == pytest.approx(expected, rel=1e-4, abs=5e-8)
         assert graph.score_values(layer, host.weights[layer] * 0.9) == pytest.approx(
             host.score_values(layer, host.weights[layer] * 0.9), rel=1e-4, abs=5e-8)
+
+
+def test_an_output_that_later_nodes_read_scores_like_a_full_run(tmp_path):
+    """LeNet-5 with its hidden ``relu`` also an output: that output is a frontier tensor of the last layer, and
+    the last layer's partial run leaves it as the refresh computed it (nmse reads every output)."""
+    proto = onnx.shape_inference.infer_shapes(onnx_de.open_model("zoo:mnist-lenet5").proto)
+    proto.graph.output.append(next(v for v in proto.graph.value_info if v.name == "relu"))
+    onnx.save(proto, tmp_path / "two-outputs.onnx")
+    model = onnx_de.open_model(tmp_path / "two-outputs.onnx")
+    data = onnx_de.load_data("zoo:mnist-lenet5", model, limit=64)
+    names = [w.name for w in model.prunable]
+    spec = onnx_de.MetricSpec("generic")
+    full = Scorer(model, data, names, spec, partial=False)
+    host, graph = (Scorer(model, data, names, spec, graph_divergence=g) for g in (False, True))
+    assert host._downstream[names[-1]].outputs == ["logits"] and "relu" in host._downstream[names[-1]].frontier
+    for scorer in (full, host, graph):
+        scorer.refresh(set(names))
+    for layer in names:
+        idx = np.arange(0, full.weights[layer].size, 4)
+        expected = full.score(layer, idx)
+        assert host.score(layer, idx) == pytest.approx(expected, rel=1e-4, abs=1e-9)
+        assert graph.score(layer, idx) == pytest.approx(expected, rel=1e-4, abs=1e-9)
 
 
 def test_downstream_of_the_last_layer_is_small_and_of_the_first_is_everything():
