@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # Full float32 and a fixed convolution algorithm per shape: TF32 would move every output by ~1e-3, and
 # an exhaustive algorithm search can pick differently from run to run (the same seed must give the same masks).
 _CUDA_OPTIONS = {"device_id": "0", "use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+ARENAS = ("session", "shared", "off")
+_shared_arena_lock = threading.Lock()
+_shared_arena_registered = False
 
 
 @functools.cache
@@ -68,7 +72,7 @@ def resolve_device(device: str) -> str:
 
 
 def create_session(model: Model, *, intra_op_threads: int | None = None, spin: bool = True,
-                   optimize: bool = True, arena: bool = True, device: str = "cpu") -> ort.InferenceSession:
+                   optimize: bool = True, arena: str = "session", device: str = "cpu") -> ort.InferenceSession:
     """Open an ONNX Runtime session on ``model``, on the CPU or a CUDA GPU.
 
     Args:
@@ -77,21 +81,29 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
         spin: let idle worker threads spin between runs. Turn it off where many sessions live side by side
             (the Scorer's per-layer sessions), or their idle threads steal the cores of the one running.
         optimize: let ONNX Runtime optimize the graph; off for a graph it optimized already.
-        arena: keep freed activation memory in a per-session arena for the next run. Turn it off where many
-            sessions live side by side, or each keeps a full set of activations (ppocr-det's per-layer
-            sessions: 12.4 GB with arenas, 2.1 GB without, and no slower).
+        arena: where a run's activation memory comes from on the CPU. ``session``: an arena of the session's
+            own, kept for its next run. ``shared``: one arena for every session of the process that asks for
+            it, for many sessions run one after another (the Scorer's per-layer sessions: each with its own
+            arena, ppocr-det's held 12.4 GB). ``off``: none, so every run maps and faults in fresh pages
+            (the Scorer's candidates/s, shared against off: 1.5x on ppocr-det and EfficientNet-Lite0, at
+            about the same peak memory; BENCHMARKS.md, "Scorer throughput").
         device: ``cpu`` or ``cuda`` (a device :func:`resolve_device` returned); on ``cuda`` the operators
             the CUDA provider lacks run on the CPU.
 
     Raises:
         ModelError: when ONNX Runtime cannot load the model (unsupported op, bad graph).
     """
+    if arena not in ARENAS:
+        raise ConfigError(f"arena must be one of {', '.join(ARENAS)}, got {arena!r}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
-    if not arena:
+    if arena == "off":
         options.enable_cpu_mem_arena = False
+    elif arena == "shared":
+        _register_shared_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not spin:
@@ -106,6 +118,21 @@ def create_session(model: Model, *, intra_op_threads: int | None = None, spin: b
         return ort.InferenceSession(model.serialized(), options, providers=[*providers, "CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         raise ModelError(f"{model.source}: ONNX Runtime cannot load the model: {_ort_message(e)}") from e
+
+
+def _register_shared_arena() -> None:
+    """Register, once per process, the CPU arena of ``arena="shared"`` sessions with ONNX Runtime's environment.
+
+    It grows by what each request needs (not by powers of two), so it holds about the largest run's
+    activations (EfficientNet-Lite0's Scorer: 4.0 GB peak, as with no arena; 5.0 GB growing by doubling).
+    """
+    global _shared_arena_registered
+    with _shared_arena_lock:
+        if not _shared_arena_registered:
+            memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            same_as_requested = 1  # OrtArenaCfg's arena_extend_strategy kSameAsRequested
+            ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, same_as_requested, -1, -1))
+            _shared_arena_registered = True
 
 
 def run_model(

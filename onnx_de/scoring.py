@@ -69,6 +69,8 @@ class Scorer:
             (:mod:`onnx_de.divergence_graph`), and return one number per output instead of the outputs; by
             default on the GPU (for float32 outputs), where copying outputs back and the host's arithmetic
             would cost as much as the run. Off, numpy computes it in float64 from the outputs (the CPU default).
+        arena: where the sessions' activation memory comes from (:func:`~onnx_de.runtime.create_session`); by
+            default ``shared`` on the CPU (one arena for the per-layer sessions), ``off`` on the GPU.
 
     Attributes:
         weights: the current student weights by name. During a search change them through :meth:`commit`;
@@ -79,10 +81,11 @@ class Scorer:
     def __init__(self, model: Model, data: Dataset, weights: list[str], spec: MetricSpec,
                  *, intra_op_threads: int | None = None, partial: bool = True,
                  optimized_graph: bool | None = None, reference: Model | None = None, device: str = "cpu",
-                 graph_divergence: bool | None = None) -> None:
+                 graph_divergence: bool | None = None, arena: str | None = None) -> None:
         self.spec = spec
         self.kind = divergence_kind(spec)
         self._device = device
+        self._arena = arena or ("shared" if device == "cpu" else "off")
         own_outputs = run_model(create_session(model, intra_op_threads=intra_op_threads, device=device), data)
         self.teacher_outputs = own_outputs if reference is None else run_model(
             create_session(reference, intra_op_threads=intra_op_threads, device=device), data)
@@ -153,7 +156,8 @@ class Scorer:
 
     def _session(self, proto) -> ort.InferenceSession:
         return create_session(Model(proto, self._model.source, [], [], []), intra_op_threads=self._threads,
-                              spin=False, optimize=not self._runtime.optimized, arena=False, device=self._device)
+                              spin=False, optimize=not self._runtime.optimized,
+                              arena=self._arena, device=self._device)
 
     def _binding(self, session: ort.InferenceSession, feeds: dict[str, ort.OrtValue], outputs: list[str]):
         """An IO binding of ``session``: the given feeds, every weight it reads, outputs on the CPU."""

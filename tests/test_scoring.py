@@ -40,6 +40,19 @@ def test_partial_execution_scores_like_a_full_run(name, samples):
     assert partial.score(layers[2], np.arange(5)) == pytest.approx(full.score(layers[2], np.arange(5)), rel=1e-3, abs=1e-9)
 
 
+def test_sessions_sharing_one_arena_compute_what_a_session_with_its_own_does():
+    models = {name: onnx_de.open_model(f"zoo:{name}") for name in ("mnist-lenet5", "mnist-mlp")}
+    digits = {name: onnx_de.load_data(f"zoo:{name}", model, limit=32) for name, model in models.items()}
+    expected = {name: onnx_de.run_model(onnx_de.create_session(model), digits[name]) for name, model in models.items()}
+    shared = {name: onnx_de.create_session(model, arena="shared") for name, model in models.items()}
+    for _ in range(2):  # interleaved, so that each run reuses memory the other session's run freed
+        for name, session in shared.items():
+            for got, want in zip(onnx_de.run_model(session, digits[name]), expected[name]):
+                np.testing.assert_array_equal(got, want)
+    with pytest.raises(onnx_de.ConfigError, match="arena must be one of"):
+        onnx_de.create_session(models["mnist-mlp"], arena="pooled")
+
+
 @pytest.mark.parametrize("name, samples, metric", [("mnist-lenet5", 64, None), ("ppocr-cls", 16, None),
                                                     ("ppocr-det", 2, None), ("mnist-mlp", 64, "generic")])
 def test_the_divergence_computed_in_the_graph_equals_numpy_s(name, samples, metric):

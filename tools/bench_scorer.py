@@ -2,12 +2,16 @@
 and versus the naive baseline that builds a new ONNX Runtime session per candidate. Prints a Markdown table.
 
 The Scorer is timed as the search uses it: per generation one refresh (a full run that also keeps the
-frontiers) and a population of 16 candidates scored by partial execution on ONNX Runtime's optimized graph;
-with partial execution off (every candidate a full run); and on the model's own graph with the weights
-promoted to inputs (the Scorer before it ran the optimized graph). Untimed first: a refresh of every layer and
-three candidates per layer, which build the per-layer sessions and warm them up, as the first generations of a
-long search do; the table is the steady state. The last column is the process's peak resident memory so far
-(the Scorers of a model stay alive until the next one): run one model per invocation to read it per model.
+frontiers) and a population of 16 candidates, each 1% of a layer's weights, the layer drawn as a global search
+draws it at the start (in proportion to its size: what it may lose), scored by partial execution on ONNX
+Runtime's optimized graph with the per-layer sessions sharing one memory arena. Side by side, on the same
+candidates: layers drawn uniformly (the tables before 2026-11-28, which gave the small early layers, whose
+candidates run almost the whole graph, the chance of the largest); no memory arena, each run allocating
+afresh; every candidate a full run; and the model's own graph with the weights promoted to inputs. Untimed
+first: a refresh of every layer and three candidates per layer, which build the per-layer sessions and warm
+them up, as the first generations of a long search do; the table is the steady state. The last column is the
+process's peak resident memory so far (the Scorers of a model stay alive until the next one): run one model
+per invocation to read it per model.
 
     python tools/bench_scorer.py mnist-mlp efficientnet-lite0 --generations 3
     python tools/bench_scorer.py ppocr-det --device cuda     # every session on the GPU (onnxruntime-gpu)
@@ -33,32 +37,45 @@ from onnx_de.sparsify import student_model  # noqa: E402
 from bench_env import header  # noqa: E402
 
 
+# Columns of Scorer rates: label -> Scorer options over the default (ONNX Runtime's optimized graph, partial
+# execution, the shared arena), and how candidates' layers are drawn.
+CONFIGURATIONS = {
+    "partial": ({}, "search"),
+    "partial, layers drawn uniformly": ({}, "uniform"),
+    "partial, no arena": ({"arena": "off"}, "search"),
+    "full runs": ({"partial": False}, "search"),
+    "model's own graph, partial": ({"optimized_graph": False}, "search"),
+}
+
+
 def measure(name: str, generations: int, samples: int | None, device: str) -> str:
     model = onnx_de.open_model(f"zoo:{name}")
     data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
     names = [w.name for w in model.prunable]
+    sizes = np.array([w.size for w in model.prunable], dtype=np.float64)
+    chances = {"search": sizes / sizes.sum(), "uniform": None}  # the search: in proportion to what a layer may lose
     spec = resolve_metric(None, model, f"zoo:{name}")
-    rng = np.random.default_rng(0)
     population = 16
 
-    def draw(scorer):
-        return [(n, rng.choice(scorer.weights[n].size, max(1, scorer.weights[n].size // 100), replace=False))
-                for n in rng.choice(names, population)]
+    def draw(rng, layers_drawn: str):
+        return [(n, rng.choice(int(sizes[i]), max(1, int(sizes[i]) // 100), replace=False))
+                for i, n in ((i, names[i]) for i in rng.choice(len(names), population, p=chances[layers_drawn]))]
 
     rates = {}
-    for optimized, partial in ((True, True), (True, False), (False, True)):  # forced, not chosen by timing
-        scorer = Scorer(model, data, names, spec, partial=partial, optimized_graph=optimized, device=device)
+    for label, (options, layers_drawn) in CONFIGURATIONS.items():  # forced, not chosen by timing
+        scorer = Scorer(model, data, names, spec, device=device, **{"optimized_graph": True, **options})
         scorer.refresh(set(names))
         for _ in range(3):
             for layer in names:
                 scorer.score(layer, np.arange(1))
+        rng = np.random.default_rng(0)  # every column scores the same candidates (per way of drawing)
         started = time.perf_counter()
         for _ in range(generations):
-            candidates = draw(scorer)
+            candidates = draw(rng, layers_drawn)
             scorer.refresh({n for n, _ in candidates})
             for layer, idx in candidates:
                 scorer.score(layer, idx)
-        rates[optimized, partial] = generations * population / (time.perf_counter() - started)
+        rates[label] = generations * population / (time.perf_counter() - started)
 
     session = onnx_de.create_session(model, device=device)
     onnx_de.run_model(session, data)
@@ -69,15 +86,16 @@ def measure(name: str, generations: int, samples: int | None, device: str) -> st
 
     naive_count = 4
     started = time.perf_counter()
-    for layer, idx in draw(scorer)[:naive_count]:
-        weights = {layer: scorer.weights[layer].copy()}
+    for layer, idx in draw(np.random.default_rng(0), "search")[:naive_count]:
+        weights = {layer: np.array(model.initializer(layer))}
         weights[layer].reshape(-1)[idx] = 0
         onnx_de.run_model(onnx_de.create_session(student_model(model, weights), device=device), data)
     naive = naive_count / (time.perf_counter() - started)
-    best = rates[True, True]
+    best = rates["partial"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    return (f"| {name} | {len(data)} | {plain:.1f} | {best:.1f} | {rates[True, False]:.1f} | "
-            f"{rates[False, True]:.1f} | {naive:.2f} | {best / plain:.2f}x | {best / naive:.1f}x | {peak:.1f} |")
+    cells = [name, len(data), f"{plain:.1f}", *(f"{rate:.1f}" for rate in rates.values()), f"{naive:.2f}",
+             f"{best / plain:.2f}x", f"{best / naive:.1f}x", f"{peak:.1f}"]
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 def main() -> None:
@@ -90,10 +108,10 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(header(args.models), flush=True)
-    print("| model | batch | plain forward/s | DE candidates/s (partial) | candidates/s (full runs) | "
-          "candidates/s (model's own graph, partial) | naive (new session) candidates/s | partial / plain | "
-          "partial / naive | peak RSS so far, GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    columns = ["model", "batch", "plain forward/s", *(f"candidates/s ({label})" for label in CONFIGURATIONS),
+               "naive (new session) candidates/s", "partial / plain", "partial / naive", "peak RSS so far, GiB"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for name in args.models:
         print(measure(name, args.generations, args.samples, device), flush=True)
 
