@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .codec import decode, encode, inspect_container
 from .config import OptimizeConfig
 from .data import Dataset, load_data
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import Model, load_model
 from .quantize import QuantizeResult, quantize, unquantized, weight_energies
 from .quantizers import max_bits
 from .report import render_html
-from .sparsify import SparsifyResult, sparsify, unpruned
+from .sparsify import SparsifyResult, sparsify, student_model, unpruned
 from .zoo import open_model, zoo_path
 
 __all__ = ["OUTPUTS", "OptimizeResult", "optimize"]
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 
 OUTPUTS = ("model.onnx", "model.ode", "report.json", "report.html")
 CHECKPOINT = ".search.checkpoint.npz"
+LEVEL_PREFIX = ".budget-level-"  # a budget search's finished levels, and the DE checkpoint of the one it is in
 _BUDGET_LADDER = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)  # sparsity levels a budget search climbs after 0
 _BUDGET_LIGHTER = (0.3, 0.1)  # tried in turn when the ladder's first level keeps nothing
 _BUDGET_FIRST_BITS = 6  # where the first level starts: down from here while the budget holds, else up
@@ -126,7 +133,9 @@ def optimize(
     Writes ``model.onnx`` (quantized initializers), ``model.ode`` (the container), ``report.json`` and
     ``report.html`` into ``output``, each atomically and only once everything before it succeeded. With a
     sparsity target, an interrupted search leaves a checkpoint there that ``resume=True`` continues. With only a
-    budget, sparsity levels and bits are searched (see ``budget_search`` in the report; no checkpoint).
+    budget, sparsity levels and bits are searched (see ``budget_search`` in the report); each finished level's
+    student, and the DE checkpoint of the level in progress, stay there until the end, so ``resume=True``
+    continues an interrupted budget search without running a finished level's search again.
 
     Args:
         model: the original model (path, :class:`Model` or ``zoo:NAME``).
@@ -152,7 +161,8 @@ def optimize(
     output.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     started = time.perf_counter()
     if config.sparsity is None:
-        sparse, quantized, tried = _smallest_within_budget(teacher, calibration, spec, config, progress)
+        sparse, quantized, tried = _smallest_within_budget(teacher, calibration, spec, config, progress, output,
+                                                           resume)
     else:
         if not config.prunes:
             sparse = unpruned(teacher)  # quantize and encode only
@@ -196,10 +206,13 @@ def optimize(
     atomic_write_json(output / "report.json", report)
     atomic_write_text(output / "report.html", render_html(report))
     (output / CHECKPOINT).unlink(missing_ok=True)  # complete: nothing left to resume
+    for path in output.glob(LEVEL_PREFIX + "*"):
+        path.unlink()
     return result
 
 
-def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: OptimizeConfig, progress):
+def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: OptimizeConfig, progress,
+                            output: Path, resume: bool):
     """Sparsity levels up a ladder, and settings (scheme and bits) at each, judged on held-out calibration samples.
 
     A quarter of the calibration data is held out (whole source groups where the data has them, see
@@ -213,12 +226,17 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     bits are then also allocated per layer (``bits="auto"``, within the budget on the search samples, or
     halfway to 1 where the held-out samples miss it). Returns the sparsify and quantize results of the
     smallest container that keeps the budget, and every setting tried; where nothing does, the lossless
-    container (the teacher).
+    container (the teacher). Each level's student is kept in ``output`` (:func:`_save_level`); with ``resume``
+    a kept one is used instead of searching its level again, and an interrupted level's search resumes.
     """
     if len(calibration) < 8:
         raise ConfigError(f"a budget search needs at least 8 calibration samples to hold a quarter out, "
                           f"got {len(calibration)}")
     search, check = calibration.hold_out(len(calibration) // 4)
+    if not resume:  # a level left by an earlier run is never taken for one of this run
+        for path in output.glob(LEVEL_PREFIX + "*"):
+            path.unlink()
+    depends_on = _fingerprint(teacher, search)
     settings = _budget_settings(config)
     tried = []
     best = None  # (bytes, sparsify, quantize) of the smallest container that keeps the budget
@@ -256,13 +274,19 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
 
     def fewest_kept(level: float, start: int | None) -> int | None:
         """At ``level``, the index of the first setting that keeps the budget (from ``start``), or None."""
+        saved, checkpoint = (output / f"{LEVEL_PREFIX}{level:g}{suffix}" for suffix in (".npz", ".checkpoint.npz"))
         if level == 0:
             sparse = unpruned(teacher)
+        elif resume and saved.exists():
+            sparse = _load_level(saved, teacher, {"config": config.search(level).to_dict(), "depends_on": depends_on})
+            log.info("budget search: sparsity %.2f: the student of the interrupted run (%s)", level, saved.name)
         else:
             sparse = sparsify(teacher, search, config=config.search(level), compensate=config.compensate,
                               selection=config.selection, intra_op_threads=config.threads, metric=spec,
                               progress=progress, workers=config.workers, executor=config.executor,
-                              device=config.device)
+                              device=config.device, checkpoint=checkpoint, resume=resume)
+            _save_level(saved, sparse, depends_on)
+            checkpoint.unlink(missing_ok=True)  # the level is finished: its search has nothing left to resume
 
         def keeps(index: int) -> bool:
             return judge(sparse, quantize_at(sparse, *settings[index]))
@@ -309,6 +333,50 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                 break
     _, sparse, quantized = best
     return sparse, quantized, tried
+
+
+def _fingerprint(teacher: Model, data: Dataset) -> str:
+    """What a budget level's search depends on besides its settings: the teacher and the search samples."""
+    digest = hashlib.sha256(teacher.serialized())
+    for name in sorted(data.inputs):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(data.inputs[name]).tobytes())
+    return digest.hexdigest()
+
+
+def _save_level(path: Path, sparse: SparsifyResult, depends_on: str) -> None:
+    """Write a budget level's sparsify result (its pruned weights, masks and record) atomically, for a resume."""
+    names = sorted(sparse.masks)
+    arrays = {f"weight_{i}": sparse.student.initializer(name) for i, name in enumerate(names)}
+    arrays.update({f"mask_{i}": sparse.masks[name] for i, name in enumerate(names)})
+    record = {"names": names, "depends_on": depends_on, **sparse.to_dict()}
+    buffer = io.BytesIO()
+    np.savez(buffer, record=np.array(json.dumps(record)), **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_level(path: Path, teacher: Model, expected: dict) -> SparsifyResult:
+    """The sparsify result :func:`_save_level` wrote, its student rebuilt from ``teacher``; ``expected``: the
+    record's ``config`` (:meth:`SearchConfig.to_dict`) and ``depends_on`` (:func:`_fingerprint`) must match."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            record = json.loads(str(archive["record"]))
+            if any(record[key] != json.loads(json.dumps(value)) for key, value in expected.items()):
+                raise ConfigError(f"{path}: this budget level was searched with other settings, model or data; "
+                                  "run without --resume")
+            names = record["names"]
+            weights = {name: archive[f"weight_{i}"] for i, name in enumerate(names)}
+            masks = {name: archive[f"mask_{i}"] for i, name in enumerate(names)}
+            return SparsifyResult(
+                student=student_model(teacher, weights), masks=masks, method=record["method"],
+                config=record["config"], layers=record["layers"], sparsity=record["sparsity"],
+                divergence=record["calibration_divergence"], trajectory=record["trajectory"],
+                compensated=record["compensated"], masks_from=record["masks_from"], fidelity=record["fidelity"],
+                seconds=record["seconds"], stopped=record["stopped"],
+            )
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"{path}: cannot resume from this budget level ({first_line(e)}); run without "
+                          "--resume") from e
 
 
 def _budget_settings(config: OptimizeConfig) -> list[tuple[str, int]]:

@@ -14,7 +14,7 @@ import pytest
 import onnx_de
 from onnx_de import ConfigError
 from onnx_de.config import OptimizeConfig, load_config
-from onnx_de.optimize import CHECKPOINT, OUTPUTS, optimize
+from onnx_de.optimize import CHECKPOINT, LEVEL_PREFIX, OUTPUTS, optimize
 
 from test_codec import run_unoptimized
 
@@ -187,6 +187,33 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
         metrics = [t["held_out_metric"] for t in rows]
         assert (rows[-1]["scheme"], rows[-1]["bits"]) == ("step", 14) or (
             len(metrics) > 3 and max(metrics[-3:]) <= max(metrics[:-3]))
+
+
+def test_an_interrupted_budget_search_resumes_from_its_finished_levels(tmp_path):
+    settings = {"budget": 0.97, "bits": 4, "calibration_samples": 96}
+    whole = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path / "whole", **settings)
+    first, second = sorted({t["sparsity"] for t in whole.tried} - {0.0})[:2]
+    starts = []
+
+    def interrupt(record):  # in the second level's search, after its first checkpoint (generation 10)
+        starts.extend([record["sparsity"]] if record["generation"] == 1 else [])
+        if len(starts) == 2 and record["generation"] == 15:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        optimize("zoo:mnist-mlp", "zoo:mnist-mlp", cut, progress=interrupt, **settings)
+    assert sorted(p.name for p in cut.iterdir()) == [f"{LEVEL_PREFIX}{first:g}.npz",
+                                                     f"{LEVEL_PREFIX}{second:g}.checkpoint.npz"]
+    with pytest.raises(ConfigError, match="searched with other settings, model or data"):  # not silently reused
+        optimize("zoo:mnist-mlp", "zoo:mnist-mlp", cut, resume=True, seed=5, **settings)
+    generations = []
+    resumed = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", cut, resume=True,
+                       progress=lambda record: generations.append(record["generation"]), **settings)
+    assert generations[0] == 11  # the second level's search went on from its checkpoint; the first was not redone
+    assert resumed.tried == whole.tried
+    assert (cut / "model.ode").read_bytes() == (tmp_path / "whole" / "model.ode").read_bytes()
+    assert sorted(p.name for p in cut.iterdir()) == sorted(OUTPUTS)  # the levels' files are gone
 
 
 def test_a_budget_nothing_keeps_returns_the_lossless_container(tmp_path, caplog):
