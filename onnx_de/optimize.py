@@ -237,6 +237,7 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
         for path in output.glob(LEVEL_PREFIX + "*"):
             path.unlink()
     depends_on = _fingerprint(teacher, search)
+    started = time.perf_counter()
     settings = _budget_settings(config)
     tried = []
     best = None  # (bytes, sparsify, quantize) of the smallest container that keeps the budget
@@ -265,9 +266,9 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
         bits = round(quantized.average_bits, 4) if allocated else quantized.settings["bits"]
         tried.append({"sparsity": sparse.config["sparsity"], "scheme": quantized.scheme, "bits": bits,
                       "allocated": allocated, "container": size, "held_out_metric": metric, "kept": kept})
-        log.info("budget search: sparsity %.2f, %s %s bits%s: %d bytes, held-out %s %.4f",
+        log.info("budget search: sparsity %.2f, %s %s bits%s: %d bytes, held-out %s %.4f (%.0f s since start)",
                  sparse.config["sparsity"], quantized.scheme, bits, " (per layer)" if allocated else "", size,
-                 spec.primary, metric)
+                 spec.primary, metric, time.perf_counter() - started)
         if kept and (best is None or size < best[0]):
             best = (size, sparse, quantized)
         return kept

@@ -84,7 +84,7 @@ def measure(name: str, generations: int, samples: int | None, device: str) -> st
         onnx_de.run_model(session, data)
     plain = population / (time.perf_counter() - started)
 
-    naive_count = 4
+    naive_count = 8
     started = time.perf_counter()
     for layer, idx in draw(np.random.default_rng(0), "search")[:naive_count]:
         weights = {layer: np.array(model.initializer(layer))}
