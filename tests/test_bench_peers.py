@@ -3,6 +3,7 @@ quantizer, its magnitude-pruning baseline, and the rule that picks each method's
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,11 @@ def test_onnx_de_allocations_join_the_grid_and_merge_keeps_earlier_points(tmp_pa
     common = [sys.executable, str(tool), "mnist-mlp", "--out", str(tmp_path), "--methods", "onnx-de",
               "--sparsity", "0", "--schemes", "codebook"]
     subprocess.run([*common, "--bits", "4", "--budgets", "0.99"], check=True, capture_output=True)
-    subprocess.run([*common, "--bits", "3", "--merge"], check=True, capture_output=True)
+    subprocess.run([*common, "--bits", "3", "--merge", "--entropy-weights", "0.03"], check=True, capture_output=True)
     points = {p.setting: p for p in bench_peers.Results.load(tmp_path / "mnist-mlp.json").points}
     allocated = [s for s in points if s.startswith("s=0 codebook auto@0.99 (")]
-    assert {"s=0 codebook b=4", "s=0 codebook b=3"} < set(points) and len(allocated) == 1
+    assert {"s=0 codebook b=4", "s=0 codebook b=3", "s=0 codebook b=3 ew=0.03"} < set(points) and len(allocated) == 1
+    assert points["s=0 codebook b=3 ew=0.03"].bytes < points["s=0 codebook b=3"].bytes  # cheaper symbols
+    stored = json.loads((tmp_path / "mnist-mlp.json").read_text())  # both runs' commands and environments
+    assert stored["command"].count("bench_peers.py") == 2 and stored["versions"].count("onnx-de ") == 2
     assert points[allocated[0]].calibration >= 0.99  # the allocation keeps its budget on calibration

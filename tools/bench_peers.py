@@ -10,7 +10,8 @@ ratios are to the zoo's fp32 ``.onnx`` file):
 
 - ``onnx-de``: DE sparsity (with compensation) x bits x scheme (codebook or uniform levels, per tensor or per
   channel, or model-wide steps), the ``.ode`` container (sparsity 0: quantization only); with ``--budgets``,
-  also bits allocated per layer within each calibration budget (setting ``auto@BUDGET``).
+  also bits allocated per layer within each calibration budget (setting ``auto@BUDGET``); with
+  ``--entropy-weights``, also entropy-constrained codebooks at each weight (setting ``... ew=W``).
 - ``zstd-19``, ``zipnn``: lossless compression of the fp32 file.
 - ``ort-dynamic``: ONNX Runtime ``quantize_dynamic`` int8 weights, per tensor / per channel.
 - ``ort-static-qdq``: ``quantize_static`` (QDQ, int8 weights and activations, calibrated on the calibration split).
@@ -114,11 +115,12 @@ class Results:
         return cls(data["model"], data["fp32_bytes"], data["metric"], data.get("samples", {}),
                    [Point(**p) for p in data["points"]], data["skipped"])
 
-    def save(self, folder: Path, command: str) -> None:
-        """``NAME.json`` (every point, the command, versions), ``NAME.md`` (the tables) and ``NAME.svg``."""
+    def save(self, folder: Path, command: str, run_versions: str) -> None:
+        """``NAME.json`` (every point, the commands and package versions of the runs that measured them),
+        ``NAME.md`` (the tables) and ``NAME.svg``."""
         (folder / f"{self.name}.json").write_text(json.dumps(
             {"model": self.name, "fp32_bytes": self.fp32_bytes, "metric": self.metric, "samples": self.samples,
-             "command": command, "versions": versions(), "machine": platform.node(),
+             "command": command, "versions": run_versions, "machine": platform.node(),
              "points": [asdict(p) for p in self.points], "skipped": self.skipped}, indent=1))
         (folder / f"{self.name}.md").write_text(tables(self) + "\n")
         (folder / f"{self.name}.svg").write_text(plot(self))
@@ -185,7 +187,7 @@ def open_case(name: str, threads: int | None) -> Case:
 # ---------------------------------------------------------------- onnx-de
 
 
-def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=()) -> None:
+def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_weights=()) -> None:
     calibration = case.splits["calibration"]
     for level in sparsities:
         started = time.perf_counter()
@@ -196,20 +198,24 @@ def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=()) -> None:
             student = case.teacher
         searched = time.perf_counter() - started
         energies = weight_energies(student, calibration, case.threads)
-        settings = [(label, width, None) for label in schemes for width in widths]
-        settings += [(label, "auto", budget) for label in schemes for budget in budgets]
-        for label, width, budget in settings:
+        settings = [(label, width, None, 0.0) for label in schemes for width in widths]
+        settings += [(label, "auto", budget, 0.0) for label in schemes for budget in budgets]
+        settings += [(label, width, None, weight) for label in schemes if label.startswith("codebook")
+                     for width in widths for weight in entropy_weights if weight]
+        for label, width, budget, weight in settings:
             scheme, _, granularity = label.partition("-")  # codebook, uniform; -channel or -tensor
             started = time.perf_counter()
             result = quantize(student, calibration, bits=width, budget=budget, scheme=scheme, teacher=case.teacher,
                               per_channel={"": None, "channel": True, "tensor": False}[granularity],
-                              metric=case.spec, intra_op_threads=case.threads, energies=energies)
+                              metric=case.spec, intra_op_threads=case.threads, energies=energies,
+                              entropy_weight=weight)
             container = onnx_de.encode(result.student)
             encode_s = searched + time.perf_counter() - started
             started = time.perf_counter()
             decoded = onnx_de.decode(container)
             decode_s = time.perf_counter() - started
             setting = f"b={width}" if budget is None else f"auto@{budget:g} ({result.average_bits:.2f} b)"
+            setting += f" ew={weight:g}" if weight else ""
             case.judge("onnx-de", f"s={level:g} {label} {setting}", container, decoded, encode_s, decode_s)
 
 
@@ -664,6 +670,8 @@ def main() -> None:
                         help="NNCodec's quantization parameters after pruning")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--budgets", default="", help="onnx-de's calibration budgets for bits per layer")
+    parser.add_argument("--entropy-weights", default="",
+                        help="onnx-de's entropy weights for codebooks (also run at 0; default: none)")
     parser.add_argument("--append", action="store_true",
                         help="keep the points of methods not run now from an earlier OUT/NAME.json")
     parser.add_argument("--merge", action="store_true",
@@ -674,8 +682,8 @@ def main() -> None:
     if args.render:
         for name in args.models:
             results = Results.load(args.out / f"{name}.json")
-            command = json.loads((args.out / f"{name}.json").read_text())["command"]
-            results.save(args.out, command)
+            stored = json.loads((args.out / f"{name}.json").read_text())
+            results.save(args.out, stored["command"], stored["versions"])
             print(tables(results))
         return
     logging.basicConfig(level=logging.ERROR)  # the quantizers' advice and per-node notes
@@ -690,7 +698,7 @@ def main() -> None:
     print(header(args.models))
     print(f"# {' '.join(sys.argv)}")
     for name in args.models:
-        command = "python " + " ".join(sys.argv)
+        command, run_versions = "python " + " ".join(sys.argv), versions()
         case = open_case(name, args.threads)
         saved = args.out / f"{name}.json"
         if (args.append or args.merge) and saved.exists():  # keep the other methods' points of an earlier run
@@ -698,13 +706,16 @@ def main() -> None:
             case.points = [p for p in earlier.points if args.merge or p.method not in methods]
             rerun = methods | {step for step, covered in STEP_METHODS.items() if covered & methods}
             case.skipped = {k: v for k, v in earlier.skipped.items() if k.split(" ")[0] not in rerun}
-            command = json.loads(saved.read_text())["command"] + " && " + command
+            stored = json.loads(saved.read_text())
+            command = stored["command"] + " && " + command
+            run_versions = stored["versions"] + " && " + run_versions
         print(f"## {name}", flush=True)
         with tempfile.TemporaryDirectory(prefix="onnx-de-peers-") as scratch:
             folder = Path(scratch)
             steps = [
                 ("onnx-de", lambda: run_onnx_de(case, floats(args.sparsity), [int(b) for b in floats(args.bits)],
-                                                  args.schemes.split(","), floats(args.budgets))),
+                                                  args.schemes.split(","), floats(args.budgets),
+                                                  floats(args.entropy_weights))),
                 ("lossless", lambda: run_lossless(case, methods)),
                 ("ort", lambda: run_ort(case, methods, folder)),
                 ("pruned+int8", lambda: run_pruned_int8(case, folder, floats(args.prune), methods)),
@@ -715,13 +726,13 @@ def main() -> None:
             previous = os.getcwd()
             os.chdir(folder)  # ONNX Runtime's quantizers leave temporary files in the working directory
             try:
-                run_steps(case, steps, methods, out, command)
+                run_steps(case, steps, methods, out, command, run_versions)
             finally:
                 os.chdir(previous)
         print(tables(case.results()), flush=True)
 
 
-def run_steps(case: Case, steps, methods: set[str], out: Path, command: str) -> None:
+def run_steps(case: Case, steps, methods: set[str], out: Path, command: str, run_versions: str) -> None:
     """Run each step some chosen method needs, saving the results after each; a crash is recorded, not fatal."""
     for step, work in steps:
         if not STEP_METHODS.get(step, {step}) & methods:
@@ -731,7 +742,7 @@ def run_steps(case: Case, steps, methods: set[str], out: Path, command: str) -> 
         except Exception as e:  # one peer's crash must not lose the others' results
             case.skipped[step] = _first_line(e)
             traceback.print_exc()
-        case.results().save(out, command)
+        case.results().save(out, command, run_versions)
 
 
 if __name__ == "__main__":
