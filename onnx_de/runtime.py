@@ -14,8 +14,8 @@ from .data import Dataset
 from .errors import ConfigError, DataError, ModelError, first_line
 from .model import Model
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEVICES", "create_session", "cuda_devices", "fixed_batch", "resolve_device",
-           "run_model"]
+__all__ = ["ARENAS", "DEFAULT_BATCH_SIZE", "DEVICES", "create_session", "cuda_devices", "fixed_batch",
+           "resolve_device", "run_model"]
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def _register_shared_arena() -> None:
     """Register, once per process, the CPU arena of ``arena="shared"`` sessions with ONNX Runtime's environment.
 
     It grows by what each request needs (not by powers of two), so it holds about the largest run's
-    activations (EfficientNet-Lite0's Scorer: 4.0 GB peak, as with no arena; 5.0 GB growing by doubling).
+    activations (EfficientNet-Lite0's Scorer: 4.0 GB peak, as with no arena; 5.0 GB growing by doubling), and
+    keeps them until the process exits.
     """
     global _shared_arena_registered
     with _shared_arena_lock:

@@ -58,8 +58,8 @@ def measure(name: str, generations: int, samples: int | None, device: str) -> st
     population = 16
 
     def draw(rng, layers_drawn: str):
-        return [(n, rng.choice(int(sizes[i]), max(1, int(sizes[i]) // 100), replace=False))
-                for i, n in ((i, names[i]) for i in rng.choice(len(names), population, p=chances[layers_drawn]))]
+        layers = rng.choice(len(names), population, p=chances[layers_drawn])
+        return [(names[i], rng.choice(int(sizes[i]), max(1, int(sizes[i]) // 100), replace=False)) for i in layers]
 
     rates = {}
     for label, (options, layers_drawn) in CONFIGURATIONS.items():  # forced, not chosen by timing
