@@ -206,8 +206,7 @@ def optimize(
     atomic_write_json(output / "report.json", report)
     atomic_write_text(output / "report.html", render_html(report))
     (output / CHECKPOINT).unlink(missing_ok=True)  # complete: nothing left to resume
-    for path in output.glob(LEVEL_PREFIX + "*"):
-        path.unlink()
+    _remove_levels(output)
     return result
 
 
@@ -234,8 +233,7 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                           f"got {len(calibration)}")
     search, check = calibration.hold_out(len(calibration) // 4)
     if not resume:  # a level left by an earlier run is never taken for one of this run
-        for path in output.glob(LEVEL_PREFIX + "*"):
-            path.unlink()
+        _remove_levels(output)
     depends_on = _fingerprint(teacher, search)
     started = time.perf_counter()
     settings = _budget_settings(config)
@@ -334,6 +332,12 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                 break
     _, sparse, quantized = best
     return sparse, quantized, tried
+
+
+def _remove_levels(output: Path) -> None:
+    """Delete a budget search's level files (finished levels and the DE checkpoint of the one in progress)."""
+    for path in output.glob(LEVEL_PREFIX + "*"):
+        path.unlink()
 
 
 def _fingerprint(teacher: Model, data: Dataset) -> str:
