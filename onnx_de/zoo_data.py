@@ -82,8 +82,9 @@ def _mnist(spec: dict, split: str, rng) -> tuple[np.ndarray, np.ndarray, None]:
     from .zoo import models_dir
 
     with np.load(models_dir() / spec["file"], allow_pickle=False) as archive:
-        pixels = archive["train_x" if split == "calibration" else "eval_x"][: spec[split]]
-        labels = archive["train_y" if split == "calibration" else "eval_y"][: spec[split]]
+        prefix = "calibration" if split == "calibration" else "eval"  # the teachers never saw either
+        pixels = archive[f"{prefix}_x"][: spec[split]]
+        labels = archive[f"{prefix}_y"][: spec[split]]
     shape = (len(pixels), *spec["sample_shape"])
     return (pixels.astype(np.float32) / 255.0).reshape(shape), labels.astype(np.int64), None
 

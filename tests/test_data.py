@@ -7,6 +7,7 @@ import pytest
 
 import onnx_de
 from onnx_de import ConfigError, DataError, Dataset, Preprocess, load_data
+from onnx_de.zoo import models_dir
 
 
 def write_npz(path, **arrays):
@@ -77,6 +78,11 @@ def test_zoo_splits_are_disjoint_and_labelled(mlp):
     assert calibration.inputs["input"].dtype == np.float32 and evaluation.labels is not None
     seen = {row.tobytes() for row in calibration.inputs["input"]}
     assert sum(row.tobytes() in seen for row in evaluation.inputs["input"]) == 0
+    with np.load(models_dir() / "mnist-split.npz") as archive:  # the digits the MNIST teachers were trained on
+        trained = {(row.astype(np.float32) / 255.0).tobytes() for row in archive["train_x"]}
+    assert len(trained) > 3000
+    for split in (calibration, evaluation):  # searches must score on digits as new to the teacher as the test's
+        assert sum(row.tobytes() in trained for row in split.inputs["input"]) == 0
 
 
 def test_image_folder_with_preprocessing_and_class_subfolders(tmp_path, lenet):

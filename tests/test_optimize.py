@@ -163,8 +163,8 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
     assert kept and all(t["held_out_metric"] >= 0.97 for t in kept)
     assert all(t["held_out_metric"] < 0.97 for t in tried if not t["kept"])
     best = min(kept, key=lambda t: t["container"])
-    assert (result.sparsified.config["sparsity"], result.quantized.scheme, result.quantized.average_bits) == (
-        best["sparsity"], best["scheme"], best["bits"])
+    assert (result.sparsified.config["sparsity"], result.quantized.scheme) == (best["sparsity"], best["scheme"])
+    assert result.quantized.average_bits == pytest.approx(best["bits"], abs=1e-4)  # the record rounds to 4 places
     assert (tried[0]["sparsity"], tried[0]["scheme"], tried[0]["bits"]) == (0.0, "codebook", 6)  # unpruned first
     # Then bits per layer at the level of the smallest equal-width container.
     equal = [t for t in tried if not t["allocated"]]

