@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--held-out", type=float, default=0.0, metavar="F",
                     help="keep this fraction of the calibration samples (whole source groups where the data has "
                          "them) from the search and the regressions, to judge the refits on (default 0)")
+    sp.add_argument("--mask-folds", type=int, default=0, metavar="K",
+                    help="choose among the mask candidates' refits by K-fold cross-validation on the calibration "
+                         "samples, then refit the chosen masks on all of them (default 0: judge each refit on the "
+                         "samples it was fitted to)")
     sp.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     sp.add_argument("--checkpoint", type=Path,
                     help="search state file, removed on success (default: OUTPUT.checkpoint.npz)")
@@ -456,7 +460,7 @@ def _sparsify(args: argparse.Namespace) -> int:
                       selection=selection, eval_data=eval_data, output=args.output, checkpoint=checkpoint,
                       resume=args.resume, calibration_samples=args.limit, intra_op_threads=args.threads,
                       workers=args.workers, executor=args.executor, device=args.device, mask_candidates=args.mask_candidates,
-                      held_out=args.held_out,
+                      held_out=args.held_out, mask_folds=args.mask_folds,
                       progress=_progress_line if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         print(file=sys.stderr)

@@ -13,6 +13,8 @@ whole refit is run from each and the Scorer keeps the best pass, so the masks an
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,23 +182,50 @@ def _sample_rows(x: np.ndarray, layer: _Layer, seed: int) -> np.ndarray | None:
 
 
 def compensate(scorer: Scorer, probe: LayerProbe, masks: dict[str, np.ndarray], ridge: float = 1e-3,
-               alternatives: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[str, dict[str, bool]]:
+               alternatives: dict[str, dict[str, np.ndarray]] | None = None,
+               folds: Iterable[tuple[Scorer, LayerProbe, Scorer]] | None = None) -> tuple[str, dict[str, bool]]:
     """Refit every layer's surviving weights in graph order, keeping a refit only where it lowers the divergence.
 
     With ``alternatives`` (label -> masks with the same zeros per layer, e.g. the magnitude order at the search's
     allocation), the whole refit is also run from each of them (from the teacher's weights under that mask), and
     the pass whose final divergence is lowest is kept: ``masks`` and the scorer's weights are updated in place.
+    With ``folds`` (per fold: a Scorer and a LayerProbe on the other samples, and a Scorer on the fold's), the
+    passes are instead compared by cross-validation: each is fitted without a fold and judged on it, and the
+    masks with the lowest mean divergence are then refitted on ``scorer``'s samples (a refit fits the samples it
+    was fitted to, from some masks more than from others). Each fold's Scorers are closed after use.
     Returns the label of the masks kept (``search`` for ``masks``' own), and per layer whether its refit was
     kept (a layer whose refit did not help keeps those masks with the weights it started from).
     """
     start = {name: scorer.weights[name].copy() for name in masks}
-    best: tuple[float, str, dict, dict, dict] | None = None  # divergence, label, refits kept, weights, masks
-    for label, candidate in [("search", masks), *(alternatives or {}).items()]:
-        current = {name: candidate.get(name, mask).copy() for name, mask in masks.items()}
-        if label != "search" and all(np.array_equal(current[name], masks[name]) for name in masks):
-            continue  # the same masks as the search's: the same pass
+    candidates = {"search": masks}
+    for label, candidate in (alternatives or {}).items():
+        current = {name: candidate.get(name, mask) for name, mask in masks.items()}
+        if not all(np.array_equal(current[name], masks[name]) for name in masks):  # else the search's own pass
+            candidates[label] = current
+
+    def begin(target: Scorer, label: str) -> dict[str, np.ndarray]:
+        current = {name: mask.copy() for name, mask in candidates[label].items()}
         for name, mask in current.items():
-            scorer.weights[name][...] = start[name] if label == "search" else np.where(mask, probe.teacher[name], 0)
+            target.weights[name][...] = start[name] if label == "search" else np.where(mask, probe.teacher[name], 0)
+        return current
+
+    if folds is not None and len(candidates) > 1:
+        scores: dict[str, list[float]] = {label: [] for label in candidates}
+        for fit, fit_probe, judge in folds:
+            with closing(fit), closing(judge):
+                for label in candidates:
+                    _compensate_pass(fit, fit_probe, begin(fit, label), ridge)
+                    for name in masks:
+                        judge.weights[name][...] = fit.weights[name]
+                    scores[label].append(judge.divergence())
+        mean = {label: float(np.mean(values)) for label, values in scores.items()}
+        log.info("refits judged on held-out folds (mean divergence): %s",
+                 ", ".join(f"{label} {value:.6g}" for label, value in mean.items()))
+        chosen = min(mean, key=mean.get)
+        candidates = {chosen: candidates[chosen]}
+    best: tuple[float, str, dict, dict, dict] | None = None  # divergence, label, refits kept, weights, masks
+    for label in candidates:
+        current = begin(scorer, label)
         kept, score = _compensate_pass(scorer, probe, current, ridge)
         if alternatives:
             log.info("refit from the %s masks: divergence %.6g", label, score)

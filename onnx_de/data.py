@@ -7,6 +7,7 @@ emptiness and non-finite values each get a :class:`~onnx_de.errors.DataError` th
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,6 +82,24 @@ class Dataset:
         held = ids[: int(np.argmin(np.abs(sizes - count))) + 1]
         judged = np.isin(self.groups, held)
         return self.select(np.flatnonzero(~judged), names[0]), self.select(np.flatnonzero(judged), names[1])
+
+    def folds(self, count: int) -> Iterator[tuple[Dataset, Dataset]]:
+        """``count`` splits into (the rest, one fold), each sample judged in exactly one fold.
+
+        Without groups the folds are consecutive runs of samples; with groups, whole groups are dealt to the
+        folds in turn (so at most as many folds as groups).
+        """
+        ids = np.unique(self.groups) if self.groups is not None else np.array([])
+        if len(ids) >= 2:
+            count = min(count, len(ids))
+            fold_of = {group: i % count for i, group in enumerate(ids)}
+            assigned = np.array([fold_of[g] for g in self.groups])
+        else:
+            assigned = np.arange(len(self)) * count // max(len(self), 1)
+        for fold in range(count):
+            judged = assigned == fold
+            yield (self.select(np.flatnonzero(~judged), f"{self.name}[fit {fold + 1}/{count}]"),
+                   self.select(np.flatnonzero(judged), f"{self.name}[fold {fold + 1}/{count}]"))
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ def sparsify(
     metric: str | MetricSpec | None = None,
     mask_candidates: tuple[str, ...] = tuple(MASK_CANDIDATES),
     held_out: float = 0.0,
+    mask_folds: int = 0,
 ) -> SparsifyResult:
     """Zero a fraction of ``model``'s prunable weights while keeping its outputs close to the original's.
 
@@ -105,6 +106,10 @@ def sparsify(
         mask_candidates: with DE and compensation, the whole refit is also run from these masks at the
             search's per-layer sparsity (``magnitude``, ``wanda``), and the pass the Scorer judges best is kept:
             the search chooses how many weights each layer loses, the final selection which ones.
+        mask_folds: with ``mask_candidates``, compare the passes by this many folds of cross-validation (each
+            pass refitted without a fold and judged on it; whole source groups where the data has them), then
+            refit the chosen masks on all the samples; 0 (the default): judge them on the samples they were
+            fitted to. Costs about ``mask_folds`` x (1 - 1/``mask_folds``) more refits.
         held_out: this fraction of the calibration samples (the last ones, or whole source groups where the
             data has them: see :meth:`Dataset.hold_out`) is kept from the search and the
             regressions; with compensation it judges the refits instead: each layer's refit (and its mask,
@@ -145,9 +150,13 @@ def sparsify(
         raise ConfigError("interim refits (refits > 0) belong to the DE search with compensation")
     if not 0 <= held_out < 1:
         raise ConfigError(f"held_out must be in [0, 1), got {held_out}")
+    if mask_folds == 1 or mask_folds < 0 or (mask_folds and held_out):
+        raise ConfigError(f"mask_folds must be 0 or at least 2, and not combined with held_out; got {mask_folds}")
     started = time.perf_counter()
     teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
     calibration = load_data(data, teacher, split="calibration", limit=calibration_samples)
+    if mask_folds > len(calibration):
+        raise ConfigError(f"mask_folds {mask_folds} is more folds than the {len(calibration)} calibration samples")
     judged = None
     if held_out:
         count = int(round(held_out * len(calibration)))
@@ -185,8 +194,14 @@ def sparsify(
             judge = Scorer(teacher, judged, names, spec, intra_op_threads=intra_op_threads, device=device)
             for name, weight in scorer.weights.items():
                 judge.weights[name][...] = weight
+        folds = None
+        if alternatives and mask_folds:  # made one fold at a time, as compensation reaches it
+            options = {"intra_op_threads": intra_op_threads, "device": device, "partial": False}
+            folds = ((Scorer(teacher, fit, names, spec, **options),
+                      LayerProbe(teacher, prunable, fit, intra_op_threads=intra_op_threads),
+                      Scorer(teacher, fold, names, spec, **options)) for fit, fold in calibration.folds(mask_folds))
         with closing(judge) if judge is not scorer else nullcontext():
-            masks_from, compensated = (compensate_layers(judge, probe, masks, alternatives=alternatives)
+            masks_from, compensated = (compensate_layers(judge, probe, masks, alternatives=alternatives, folds=folds)
                                        if compensate else (None, {}))
             divergence = judge.divergence()
             student = student_model(teacher, judge.weights)

@@ -166,6 +166,8 @@ def bad_inputs(tmp_path_factory):
          "refits must be >= 0"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--held-out", "1"),
          "held_out must be in [0, 1)"),
+        (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--mask-folds", "1"),
+         "mask_folds must be 0 or at least 2"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--workers", "0"),
          "workers must be >= 1"),
         (("sparsify", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/s.onnx", "--executor", "threads"),

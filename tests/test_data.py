@@ -85,6 +85,20 @@ def test_zoo_splits_are_disjoint_and_labelled(mlp):
         assert sum(row.tobytes() in trained for row in split.inputs["input"]) == 0
 
 
+def test_folds_judge_every_sample_once_and_keep_sources_whole():
+    data = Dataset({"x": np.arange(10, dtype=np.float32)[:, None]})
+    folds = list(data.folds(4))
+    judged = np.concatenate([fold.inputs["x"].ravel() for _, fold in folds])
+    assert len(folds) == 4 and sorted(judged.tolist()) == list(range(10))
+    for rest, fold in folds:
+        assert len(rest) + len(fold) == 10 and not set(rest.inputs["x"].ravel()) & set(fold.inputs["x"].ravel())
+    grouped = Dataset({"x": np.arange(10, dtype=np.float32)[:, None]}, groups=np.repeat(np.arange(5), 2))
+    folds = list(grouped.folds(8))  # at most one fold per source
+    assert len(folds) == 5 and all(len(np.unique(fold.groups)) == 1 and len(fold) == 2 for _, fold in folds)
+    for rest, fold in grouped.folds(2):
+        assert not set(rest.groups) & set(fold.groups)
+
+
 def test_image_folder_with_preprocessing_and_class_subfolders(tmp_path, lenet):
     from PIL import Image
 

@@ -27,11 +27,12 @@ from bench_env import header  # noqa: E402
 
 
 def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None, de_only: bool = False,
-        refits: int = 0, allocation_only: bool = False, search: dict | None = None, held_out: float = 0.0):
+        refits: int = 0, allocation_only: bool = False, search: dict | None = None, held_out: float = 0.0,
+        mask_folds: int = 0):
     """Yield one table row per method and setting, as each finishes."""
     zoo = f"zoo:{name}"
     de = {}
-    options = dict(calibration_samples=limit, intra_op_threads=threads, held_out=held_out)
+    options = dict(calibration_samples=limit, intra_op_threads=threads, held_out=held_out, mask_folds=mask_folds)
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         checkpoint = Path(folder) / "search.npz"
         for compensate in (False, True) if not refits else (True,):
@@ -43,7 +44,8 @@ def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int |
             de[compensate] = result
             label = ", ".join(["DE (global)", *[f"{k} {v}" for k, v in (search or {}).items()],
                                *([f"{refits} refits"] if refits else []),
-                               *([f"{held_out:.0%} held out"] if held_out else [])])
+                               *([f"{held_out:.0%} held out"] if held_out else []),
+                               *([f"masks chosen by {mask_folds}-fold cross-validation"] if mask_folds else [])])
             yield _row(name, sparsity, label, compensate, result)
     if de_only:
         return
@@ -81,6 +83,9 @@ def main() -> None:
                         help="of the baselines, only those at DE's per-layer sparsity (the global ones do not change)")
     parser.add_argument("--held-out", type=float, default=0.0,
                         help="fraction of calibration samples kept from the search to judge the refits (default 0)")
+    parser.add_argument("--mask-folds", type=int, default=0,
+                        help="choose among the refits from DE's, magnitude's and Wanda's masks by K-fold "
+                             "cross-validation (default 0: on the samples they were fitted to)")
     args = parser.parse_args()
     print(header(args.targets), flush=True)
     print()
@@ -90,7 +95,7 @@ def main() -> None:
         name, _, sparsity = target.partition(":")
         search = {k: v for k, v in (("prior", args.prior), ("pool", args.pool)) if v is not None}
         for row in run(name, float(sparsity), args.seed, args.limit, args.threads, args.de_only, args.refits,
-                       args.allocation_only, search, args.held_out):
+                       args.allocation_only, search, args.held_out, args.mask_folds):
             print(row, flush=True)
 
 
