@@ -89,11 +89,10 @@ class Dataset:
         Without groups the folds are consecutive runs of samples; with groups, whole groups are dealt to the
         folds in turn (so at most as many folds as groups).
         """
-        ids = np.unique(self.groups) if self.groups is not None else np.array([])
+        ids, group_index = np.unique(self.groups, return_inverse=True) if self.groups is not None else ([], None)
         if len(ids) >= 2:
             count = min(count, len(ids))
-            fold_of = {group: i % count for i, group in enumerate(ids)}
-            assigned = np.array([fold_of[g] for g in self.groups])
+            assigned = group_index % count
         else:
             assigned = np.arange(len(self)) * count // max(len(self), 1)
         for fold in range(count):

@@ -152,6 +152,9 @@ def sparsify(
         raise ConfigError(f"held_out must be in [0, 1), got {held_out}")
     if mask_folds == 1 or mask_folds < 0 or (mask_folds and held_out):
         raise ConfigError(f"mask_folds must be 0 or at least 2, and not combined with held_out; got {mask_folds}")
+    if mask_folds and (method != "de" or not compensate or not mask_candidates):
+        raise ConfigError("mask_folds chooses among the refits from mask candidates: DE with compensation and "
+                          "mask candidates only")
     started = time.perf_counter()
     teacher = open_model(model, selection or WeightSelection(), require_prunable=True)
     calibration = load_data(data, teacher, split="calibration", limit=calibration_samples)

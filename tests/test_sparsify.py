@@ -232,6 +232,7 @@ def test_mask_folds_choose_the_pass_by_samples_its_refit_never_saw(tmp_path):
     assert folds.divergence > in_sample.divergence  # on the digits they were fitted to, Wanda's refit wins
     assert folds.fidelity["kl"] < in_sample.fidelity["kl"]  # on unseen digits, DE's
     for bad in ({"mask_folds": 1}, {"mask_folds": -2}, {"mask_folds": 4, "held_out": 0.25},
-                {"mask_folds": 9, "calibration_samples": 8}):
+                {"mask_folds": 9, "calibration_samples": 8}, {"mask_folds": 4, "compensate": False},
+                {"mask_folds": 4, "method": "magnitude"}):
         with pytest.raises(ConfigError, match="mask_folds"):
             sparsify("zoo:mnist-lenet5", "zoo:mnist-lenet5", config=config, **bad)

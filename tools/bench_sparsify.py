@@ -32,20 +32,21 @@ def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int |
     """Yield one table row per method and setting, as each finishes."""
     zoo = f"zoo:{name}"
     de = {}
-    options = dict(calibration_samples=limit, intra_op_threads=threads, held_out=held_out, mask_folds=mask_folds)
+    options = dict(calibration_samples=limit, intra_op_threads=threads, held_out=held_out)
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         checkpoint = Path(folder) / "search.npz"
         for compensate in (False, True) if not refits else (True,):
             config = SearchConfig(sparsity=sparsity, seed=seed, refits=refits, **(search or {}))
-            result = sparsify(zoo, zoo, config=config,
-                              compensate=compensate, checkpoint=checkpoint, resume=compensate, **options)
+            result = sparsify(zoo, zoo, config=config, compensate=compensate, checkpoint=checkpoint,
+                              resume=compensate, mask_folds=mask_folds if compensate else 0, **options)
             if compensate and not refits:
                 result.seconds += de[False].seconds
             de[compensate] = result
             label = ", ".join(["DE (global)", *[f"{k} {v}" for k, v in (search or {}).items()],
                                *([f"{refits} refits"] if refits else []),
                                *([f"{held_out:.0%} held out"] if held_out else []),
-                               *([f"masks chosen by {mask_folds}-fold cross-validation"] if mask_folds else [])])
+                               *([f"masks chosen by {mask_folds}-fold cross-validation"] if mask_folds and compensate
+                                 else [])])
             yield _row(name, sparsity, label, compensate, result)
     if de_only:
         return
