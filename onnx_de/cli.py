@@ -27,6 +27,7 @@ from .evolution import PRIORS, SearchConfig
 from .optimize import optimize
 from .quantize import quantize
 from .quantizers import SCHEMES
+from .rounding import ROUNDINGS
 from .runtime import DEVICES
 from .sparsify import MASK_CANDIDATES, METHODS, sparsify
 from .zoo import fetch, open_model, zoo_entries, zoo_entry, zoo_path
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--entropy-weight", type=float, default=0.0, metavar="W",
                     help="codebooks: trade error for code length in the level fit, e.g. 0.03 (default 0: plain "
                          "Lloyd-Max levels)")
+    _add_rounding(qz)
     qz.add_argument("--asymmetric", action="store_true", help="uniform: windows fitted to each range")
     _add_granularity(qz)
     qz.add_argument("--unweighted", action="store_true", help="minimise weight error, not input-weighted error")
@@ -170,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--scheme", choices=SCHEMES, help="quantization levels (default codebook)")
     opt.add_argument("--entropy-weight", type=float, metavar="W",
                      help="codebooks: trade error for code length in the level fit, e.g. 0.03 (default 0)")
+    _add_rounding(opt, default=None)
     _add_granularity(opt)
     opt.add_argument("--seed", type=int)
     opt.add_argument("--prior", choices=PRIORS, help=f"candidate draws (default {SearchConfig.prior})")
@@ -476,6 +479,12 @@ def _sparsify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rounding(parser: argparse.ArgumentParser, default: str | None = "feedback") -> None:
+    parser.add_argument("--rounding", choices=ROUNDINGS, default=default,
+                        help="feedback (default): round survivors one input at a time, the inputs not yet rounded "
+                             "compensating each error (GPTQ); nearest: each to its nearest level")
+
+
 def _parse_bits(text: str) -> int | str:
     if text == "auto":
         return text
@@ -493,7 +502,8 @@ def _quantize(args: argparse.Namespace) -> int:
                       symmetric=not args.asymmetric, per_channel=args.per_channel, weighted=not args.unweighted,
                       teacher=args.teacher, selection=selection, eval_data=eval_data, output=args.output,
                       calibration_samples=args.limit, intra_op_threads=args.threads,
-                      layer_bits=_merged(args.layer_bits), entropy_weight=args.entropy_weight)
+                      layer_bits=_merged(args.layer_bits), entropy_weight=args.entropy_weight,
+                      rounding=args.rounding)
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -519,7 +529,7 @@ def _optimize(args: argparse.Namespace) -> int:
                 "include": args.include or None, "exclude": args.exclude or None, "min_size": args.min_size,
                 "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None,
                 "workers": args.workers, "executor": args.executor, "device": args.device,
-                "entropy_weight": args.entropy_weight, "refits": args.refits,
+                "entropy_weight": args.entropy_weight, "rounding": args.rounding, "refits": args.refits,
                 "fast_decode": args.fast_decode}
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})

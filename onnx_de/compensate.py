@@ -27,7 +27,7 @@ from .runtime import create_session, fixed_batch
 from .graphs import expose_outputs, promote_weights
 from .scoring import Scorer
 
-__all__ = ["LayerProbe", "saliency", "input_energy", "compensate"]
+__all__ = ["LayerProbe", "LayerInputs", "saliency", "input_energy", "layer_inputs", "compensate"]
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,49 @@ def saliency(probe: LayerProbe, prior: str) -> dict[str, np.ndarray]:
 def input_energy(probe: LayerProbe, name: str) -> np.ndarray | None:
     """Per element of weight ``name``, the mean square of the teacher's input it multiplies (the diagonal of
     the layer's Gauss-Newton Hessian); ``None`` for a layer kind the probe cannot unfold."""
+    inputs = layer_inputs(probe, name, hessians=False)
+    return None if inputs is None else inputs.energy
+
+
+@dataclass
+class LayerInputs:
+    """What the calibration inputs of one layer say about its weight.
+
+    Attributes:
+        energy: per element, the mean square of the input it multiplies (shaped like the weight).
+        hessians: per group of output channels, ``(X^T X, channels)``: the Gram matrix of the inputs over the
+            layer's fan-in (sampled rows of samples x positions, as for compensation), in the rows view of
+            :meth:`rows`; ``None`` unless asked for.
+    """
+
+    layer: _Layer
+    energy: np.ndarray
+    hessians: list[tuple[np.ndarray, slice]] | None
+
+    def rows(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (shaped like the weight) as (output channels, fan-in), the Hessians' view."""
+        return _rows_matrix(self.layer, array)
+
+    def from_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`rows`."""
+        return _from_rows(self.layer, rows, self.energy.shape)
+
+
+def layer_inputs(probe: LayerProbe, name: str, hessians: bool = True) -> LayerInputs | None:
+    """The input statistics of weight ``name``'s layer over the probe's data (the inputs of the probe's model,
+    rows subsampled as for compensation); ``None`` for a layer kind the probe cannot unfold."""
     layer = probe.layers[name]
     if not _supported(layer):
         return None
     x = probe.capture(name)
-    shape = probe.teacher[name].shape
     rows = np.ones_like(_rows_matrix(layer, probe.teacher[name]), dtype=np.float64)
+    grams = [] if hessians else None
     for matrix, channels in _design(layer, x, _sample_rows(x, layer, 0)):
-        rows[channels] *= np.mean(matrix.astype(np.float64) ** 2, axis=0)[None, :]
-    return _from_rows(layer, rows, shape)
+        wide = matrix.astype(np.float64)
+        rows[channels] *= np.mean(wide**2, axis=0)[None, :]
+        if grams is not None:
+            grams.append((wide.T @ wide, channels))
+    return LayerInputs(layer, _from_rows(layer, rows, probe.teacher[name].shape), grams)
 
 
 def _sample_rows(x: np.ndarray, layer: _Layer, seed: int) -> np.ndarray | None:

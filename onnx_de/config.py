@@ -29,6 +29,7 @@ from .evolution import PRIORS, SearchConfig
 from .model import DEFAULT_MIN_SIZE, WeightSelection, matches
 from .parallel import parse_executor
 from .quantizers import check_bits
+from .rounding import ROUNDINGS
 from .runtime import DEVICES
 
 __all__ = ["CONFIG_VERSION", "OptimizeConfig", "LayerOverride", "load_config", "layer_setting"]
@@ -70,6 +71,7 @@ class OptimizeConfig:
         device: where the search scores candidates: ``auto``, ``cpu`` or ``cuda``.
         entropy_weight: codebooks: the level fit's trade of error for code length (0: plain Lloyd-Max); see
             :func:`~onnx_de.quantize`.
+        rounding: ``feedback`` (error-feedback rounding, the default) or ``nearest``; see :func:`~onnx_de.quantize`.
         fast_decode: write a container that decodes at zstd's speed, a little larger (see :func:`~onnx_de.encode`).
     """
 
@@ -95,6 +97,7 @@ class OptimizeConfig:
     executor: str = "local"
     device: str = "auto"
     entropy_weight: float = 0.0
+    rounding: str = "feedback"
     fast_decode: bool = False
 
     def __post_init__(self) -> None:
@@ -121,6 +124,8 @@ class OptimizeConfig:
         parse_executor(self.executor, self.workers)
         if self.scheme != "codebook" and self.entropy_weight:
             raise ConfigError("entropy_weight applies to codebooks only (scheme = \"codebook\")")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
         if self.refits and not self.compensate:
             raise ConfigError("refits need compensation (compensate = true)")
         if self.device not in DEVICES:
@@ -143,6 +148,7 @@ class OptimizeConfig:
             "threads": lambda v: v is None or (is_int(v) and v > 0), "workers": is_int,
             "executor": lambda v: isinstance(v, str), "device": lambda v: isinstance(v, str),
             "entropy_weight": lambda v: number(v) and v >= 0, "fast_decode": lambda v: isinstance(v, bool),
+            "rounding": lambda v: isinstance(v, str),
         }
         for key, valid in checks.items():
             if not valid(getattr(self, key)):

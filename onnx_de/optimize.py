@@ -20,7 +20,7 @@ from .errors import ConfigError, first_line
 from .evaluate import check_same_interface, evaluate, evaluation_data, resolve_metric
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import Model, load_model
-from .quantize import QuantizeResult, quantize, unquantized, weight_energies
+from .quantize import QuantizeResult, quantize, unquantized, weight_inputs
 from .quantizers import max_bits
 from .report import render_html
 from .sparsify import SparsifyResult, sparsify, student_model, unpruned
@@ -175,7 +175,7 @@ def optimize(
                              scheme=config.scheme, per_channel=config.per_channel, teacher=teacher,
                              selection=config.selection,
                              intra_op_threads=config.threads, layer_bits=config.layer_bits(), metric=spec,
-                             entropy_weight=config.entropy_weight)
+                             entropy_weight=config.entropy_weight, rounding=config.rounding)
         tried = []
     seconds["search"] = time.perf_counter() - started
     log.info("sparsity %.4f, %.2f bits, in %.1f s", sparse.sparsity, quantized.average_bits, seconds["search"])
@@ -216,17 +216,19 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
 
     A quarter of the calibration data is held out (whole source groups where the data has them, see
     :meth:`Dataset.hold_out`): DE, compensation and quantization never see it, so it shows what the fitted
-    student does on samples it was not fitted to. The first level prunes nothing; its first setting is the
-    scheme at 6 bits, then fewer bits while the budget holds, or more (7, then model-wide steps of 8-14)
-    until it does, or until three wider settings in a row fail to raise the held-out metric (the zeros, not
-    the bits, are what loses it). Each sparser level starts from the fewest bits the level before kept, since
-    more zeros only need as many bits or more. The ladder stops at the first level that keeps nothing (where
-    that is the first sparse level, lighter ones are tried). At the level of the smallest container so far,
-    bits are then also allocated per layer (``bits="auto"``, within the budget on the search samples, or
-    halfway to 1 where the held-out samples miss it). Returns the sparsify and quantize results of the
-    smallest container that keeps the budget, and every setting tried; where nothing does, the lossless
-    container (the teacher). Each level's student is kept in ``output`` (:func:`_save_level`); with ``resume``
-    a kept one is used instead of searching its level again, and an interrupted level's search resumes.
+    student does on samples it was not fitted to. The first level prunes nothing and starts from the scheme
+    at 6 bits; each sparser level starts from the fewest bits the level before kept. From there, fewer bits
+    while the budget holds, or more (7, then model-wide steps of 8-14) until it does, or until three wider
+    settings in a row fail to raise the held-out metric (the zeros, not the bits, are what loses it). A level
+    whose unquantized student misses the budget on the held-out samples keeps nothing (quantization only
+    loses: a quantized setting that passes there passed by the luck of the draw). The ladder stops at the
+    first level that keeps nothing (where that is the first sparse level, lighter ones are tried). At the
+    level of the smallest container so far, bits are then also allocated per layer (``bits="auto"``, within
+    the budget on the search samples, or halfway to 1 where the held-out samples miss it). Returns the
+    sparsify and quantize results of the smallest container that keeps the budget, and every setting tried;
+    where nothing does, the lossless container (the teacher). Each level's student is kept in ``output``
+    (:func:`_save_level`); with ``resume`` a kept one is used instead of searching its level again, and an
+    interrupted level's search resumes.
     """
     if len(calibration) < 8:
         raise ConfigError(f"a budget search needs at least 8 calibration samples to hold a quarter out, "
@@ -240,19 +242,20 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     tried = []
     best = None  # (bytes, sparsify, quantize) of the smallest container that keeps the budget
 
-    energies = {}  # of the level last quantized with a weighted scheme: computed once per level
+    inputs = {}  # the layer inputs of the level last quantized: computed once per level
 
     def quantize_at(sparse, scheme: str, bits, budget: float | None = None):
         level = sparse.config["sparsity"]
-        if scheme != "step" and level not in energies:  # a step has no error weights
-            energies.clear()
-            energies[level] = weight_energies(sparse.student, search, config.threads)
+        if level not in inputs:
+            inputs.clear()
+            inputs[level] = weight_inputs(sparse.student, search, config.threads,
+                                          hessians=config.rounding == "feedback")
         own = scheme == config.scheme
         return quantize(sparse.student, search, bits=bits, budget=budget, scheme=scheme,
                         per_channel=config.per_channel if own else None, teacher=teacher, selection=config.selection,
                         eval_data=check, intra_op_threads=config.threads,
-                        layer_bits=config.layer_bits() if own else None, metric=spec, energies=energies.get(level),
-                        entropy_weight=config.entropy_weight if own else 0.0)
+                        layer_bits=config.layer_bits() if own else None, metric=spec, inputs=inputs[level],
+                        entropy_weight=config.entropy_weight if own else 0.0, rounding=config.rounding)
 
     def judge(sparse, quantized) -> bool:
         """Whether ``quantized`` keeps the budget on the held-out samples; recorded, and kept if the smallest."""
@@ -286,19 +289,26 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                               device=config.device, checkpoint=checkpoint, resume=resume)
             _save_level(saved, sparse, depends_on)
             checkpoint.unlink(missing_ok=True)  # the level is finished: its search has nothing left to resume
+        if level:  # quantization only loses: a quantized student that beats its float one was a lucky draw
+            ceiling = evaluate(teacher, sparse.student, check, metric=spec, intra_op_threads=config.threads)
+            if ceiling[spec.primary] < config.budget:
+                tried.append({"sparsity": level, "scheme": "unquantized", "bits": 32, "allocated": False,
+                              "container": None, "held_out_metric": ceiling[spec.primary], "kept": False})
+                log.info("budget search: sparsity %.2f: the unquantized student misses the budget on the held-out "
+                         "samples (%s %.4f)", level, spec.primary, ceiling[spec.primary])
+                return None
 
         def keeps(index: int) -> bool:
             return judge(sparse, quantize_at(sparse, *settings[index]))
 
-        if start is None:  # the first level: from 6 bits, down while the budget holds, else up until it does
-            index = next((i for i, s in enumerate(settings) if s == (config.scheme, _BUDGET_FIRST_BITS)), 0)
-            if keeps(index):
-                while index > 0 and keeps(index - 1):
-                    index -= 1
-                return index
-            start = index + 1
-        best_metric, stale = -1.0, 0
-        for index in range(start, len(settings)):
+        if start is None:  # the first level starts from 6 bits
+            start = next((i for i, s in enumerate(settings) if s == (config.scheme, _BUDGET_FIRST_BITS)), 0)
+        if keeps(start):  # down while the budget holds, else up until it does
+            while start > 0 and keeps(start - 1):
+                start -= 1
+            return start
+        best_metric, stale = tried[-1]["held_out_metric"], 0
+        for index in range(start + 1, len(settings)):
             if keeps(index):
                 return index
             metric = tried[-1]["held_out_metric"]

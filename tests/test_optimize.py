@@ -22,6 +22,7 @@ CONFIG = """
 sparsity = 0.9
 bits = 4
 seed = 3
+rounding = "nearest"
 
 [layers]
 "re:fc.*" = { bits = 5 }
@@ -36,7 +37,7 @@ def test_config_round_trips_through_json_and_toml(tmp_path):
     assert OptimizeConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     (tmp_path / "c.json").write_text(json.dumps(config.to_dict()))
     assert load_config(tmp_path / "c.json") == config
-    assert config.seed == 3 and config.bits == 4
+    assert config.seed == 3 and config.bits == 4 and config.rounding == "nearest"
 
 
 def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
@@ -64,6 +65,7 @@ def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
     ("sparsity = 0.9\nrefits = 2\ncompensate = false\n", "refits need compensation"),
     ("sparsity = 0.9\npool = 0.5\n", "config key 'pool'"),
     ("sparsity = 0.9\nfast_decode = 'yes'\n", "config key 'fast_decode'"),
+    ("sparsity = 0.9\nrounding = 'stochastic'\n", "rounding must be one of feedback, nearest"),
     ("sparsity = 0.9\n[layers]\n'fc1.weight' = { bits = 12 }\n",
      "layers.fc1.weight.bits must be an integer from 1 to 8"),
     ("sparsity = 0.9\nscheme = 'step'\n[layers]\n'fc1.weight' = { bits = 15 }\n", "from 1 to 14 for step levels"),
@@ -182,11 +184,16 @@ def test_a_budget_alone_picks_the_smallest_container_that_keeps_it_on_held_out_s
     levels = sorted({t["sparsity"] for t in tried})
     failed = [level for level in levels if not any(t["kept"] for t in tried if t["sparsity"] == level)]
     assert not failed or failed == [levels[-1]]  # the ladder stops at the first level that keeps nothing
-    for level in failed:  # it widened to the finest step, or until 3 wider settings did not raise the metric
-        rows = [t for t in equal if t["sparsity"] == level]
-        metrics = [t["held_out_metric"] for t in rows]
-        assert (rows[-1]["scheme"], rows[-1]["bits"]) == ("step", 14) or (
-            len(metrics) > 3 and max(metrics[-3:]) <= max(metrics[:-3]))
+    for level in failed:  # its unquantized student missed the budget, and nothing was quantized; or it widened
+        rows = [t for t in equal if t["sparsity"] == level]  # to the finest step, or until 3 wider settings did
+        metrics = [t["held_out_metric"] for t in rows]  # not raise the metric
+        assert [t["scheme"] for t in rows] == ["unquantized"] and rows[0]["container"] is None or (
+            (rows[-1]["scheme"], rows[-1]["bits"]) == ("step", 14) or (
+                len(metrics) > 3 and max(metrics[-3:]) <= max(metrics[:-3])))
+    # The chosen level's unquantized student keeps the budget on the held-out samples too.
+    calibration = onnx_de.load_data("zoo:mnist-mlp", result.sparsified.student, split="calibration", limit=96)
+    held_out = calibration.hold_out(len(calibration) // 4)[1]
+    assert onnx_de.evaluate("zoo:mnist-mlp", result.sparsified.student, held_out)["top1_agreement"] >= 0.97
 
 
 def test_an_interrupted_budget_search_resumes_from_its_finished_levels(tmp_path):

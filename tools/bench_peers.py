@@ -62,7 +62,7 @@ from onnx_de.evaluate import resolve_metric  # noqa: E402
 from onnx_de.evolution import SearchConfig  # noqa: E402
 from onnx_de.metrics import fidelity  # noqa: E402
 from onnx_de.model import Model  # noqa: E402
-from onnx_de.quantize import quantize, weight_energies  # noqa: E402
+from onnx_de.quantize import quantize, weight_inputs  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 from onnx_de.zoo import open_model, zoo_path  # noqa: E402
 from bench_env import header, versions  # noqa: E402
@@ -197,7 +197,7 @@ def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_wei
         else:
             student = case.teacher
         searched = time.perf_counter() - started
-        energies = weight_energies(student, calibration, case.threads)
+        inputs = weight_inputs(student, calibration, case.threads)
         settings = [(label, width, None, 0.0) for label in schemes for width in widths]
         settings += [(label, "auto", budget, 0.0) for label in schemes for budget in budgets]
         settings += [(label, width, None, weight) for label in schemes if label.startswith("codebook")
@@ -207,7 +207,7 @@ def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_wei
             started = time.perf_counter()
             result = quantize(student, calibration, bits=width, budget=budget, scheme=scheme, teacher=case.teacher,
                               per_channel={"": None, "channel": True, "tensor": False}[granularity],
-                              metric=case.spec, intra_op_threads=case.threads, energies=energies,
+                              metric=case.spec, intra_op_threads=case.threads, inputs=inputs,
                               entropy_weight=weight)
             container = onnx_de.encode(result.student)
             encode_s = searched + time.perf_counter() - started

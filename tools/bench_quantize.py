@@ -29,7 +29,7 @@ os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="onnx-de-bench-"
 import onnx_de  # noqa: E402
 from onnx_de.codec import encode  # noqa: E402
 from onnx_de.evolution import SearchConfig  # noqa: E402
-from onnx_de.quantize import quantize, weight_energies  # noqa: E402
+from onnx_de.quantize import quantize, weight_inputs  # noqa: E402
 from onnx_de.quantizers import SCHEMES  # noqa: E402
 from onnx_de.sparsify import sparsify  # noqa: E402
 from onnx_de.zoo import zoo_path  # noqa: E402
@@ -99,8 +99,7 @@ def curve(target: str, folder: Path, points: list[float], threads: int | None, s
     zoo, model, label, calibration = prepare(target, folder, threads)
     start = primary(onnx_de.evaluate(zoo, model, calibration, intra_op_threads=threads))
     options = dict(teacher=zoo, eval_data=zoo, intra_op_threads=threads, scheme=scheme)
-    if scheme != "step":  # shared by every quantization (a step has no error weights)
-        options["energies"] = weight_energies(onnx_de.open_model(model), calibration, threads)
+    options["inputs"] = weight_inputs(onnx_de.open_model(model), calibration, threads)  # shared by every quantization
     equal = {}
     for bits in widths:
         result = quantize(model, zoo, bits=bits, **options)
