@@ -243,18 +243,20 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     best = None  # (bytes, sparsify, quantize) of the smallest container that keeps the budget
 
     inputs = {}  # the layer inputs of the level last quantized: computed once per level
+    feedback = config.rounding == "feedback"
 
     def quantize_at(sparse, scheme: str, bits, budget: float | None = None):
         level = sparse.config["sparsity"]
-        if level not in inputs:
+        needed = feedback or scheme != "step"  # nearest steps have no error weights
+        if needed and level not in inputs:
             inputs.clear()
-            inputs[level] = weight_inputs(sparse.student, search, config.threads,
-                                          hessians=config.rounding == "feedback")
+            inputs[level] = weight_inputs(sparse.student, search, config.threads, hessians=feedback)
         own = scheme == config.scheme
         return quantize(sparse.student, search, bits=bits, budget=budget, scheme=scheme,
                         per_channel=config.per_channel if own else None, teacher=teacher, selection=config.selection,
                         eval_data=check, intra_op_threads=config.threads,
-                        layer_bits=config.layer_bits() if own else None, metric=spec, inputs=inputs[level],
+                        layer_bits=config.layer_bits() if own else None, metric=spec,
+                        inputs=inputs[level] if needed else None,
                         entropy_weight=config.entropy_weight if own else 0.0, rounding=config.rounding)
 
     def judge(sparse, quantized) -> bool:

@@ -145,34 +145,37 @@ def quantize(
     fixed = {w.name: layer_setting(w.name, layer_bits or {}) for w in weights}
     rms = survivors_rms(student_in.initializer(w.name) for w in weights) if scheme == "step" else None
 
-    def quantized(w, width: int, fed: bool = feedback) -> QuantizedTensor:
-        weight = student_in.initializer(w.name)
-        nearest = quantize_tensor(weight, width, scheme, symmetric=symmetric, axis=w.out_axis if per_channel else None,
-                                  energy=energies[w.name], entropy_weight=entropy_weight, reference=rms)
-        if not fed or inputs[w.name] is None:  # a layer kind that cannot be unfolded
-            return nearest
-        return round_with_feedback(weight, nearest, inputs[w.name], entropy_weight)
+    def nearest(w, width: int) -> QuantizedTensor:
+        return quantize_tensor(student_in.initializer(w.name), width, scheme, symmetric=symmetric,
+                               axis=w.out_axis if per_channel else None, energy=energies[w.name],
+                               entropy_weight=entropy_weight, reference=rms)
+
+    def rounded(w, q: QuantizedTensor) -> QuantizedTensor:
+        """``q`` re-rounded with feedback, where asked for and the layer kind can be unfolded."""
+        if not feedback or inputs[w.name] is None:
+            return q
+        return round_with_feedback(student_in.initializer(w.name), q, inputs[w.name], entropy_weight)
 
     calibration_metric = None
     if bits == "auto":
         # Widths are allocated with nearest rounding: feedback is fitted to the calibration data, which would
         # then judge its own fit (ppocr-det: 0.995 on calibration, 0.984 on the evaluation pages). The chosen
         # widths are rounded with feedback afterwards, kept where they still meet the budget.
-        by_layer = {w.name: {width: quantized(w, width, fed=False) for width in
+        by_layer = {w.name: {width: nearest(w, width) for width in
                              ([fixed[w.name]] if fixed[w.name] else range(1, max_bits(scheme) + 1))} for w in weights}
         scorer = Scorer(student_in, calibration, [w.name for w in weights], spec,
                         intra_op_threads=intra_op_threads, reference=reference)
         chosen, calibration_metric = search_bits(scorer, by_layer, budget)
         chosen_levels = {name: by_layer[name][width] for name, width in chosen.items()}
         if feedback:
-            fed = {w.name: quantized(w, chosen[w.name]) for w in weights}
+            fed = {w.name: rounded(w, chosen_levels[w.name]) for w in weights}
             for name, q in fed.items():
                 scorer.weights[name][...] = q.dequantize()
             metric = scorer.primary_metric(scorer.student_outputs())
             if metric >= min(budget, calibration_metric):
                 chosen_levels, calibration_metric = fed, metric
     else:
-        chosen_levels = {w.name: quantized(w, fixed[w.name] or bits) for w in weights}
+        chosen_levels = {w.name: rounded(w, nearest(w, fixed[w.name] or bits)) for w in weights}
     exported = export_quantized(student_in, chosen_levels)
     student = load_model(exported)
     if output is not None:

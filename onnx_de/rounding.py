@@ -19,6 +19,7 @@ input's importance is ``1 / U_ii^2``, its error's weight at the moment it is rou
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -46,12 +47,13 @@ def round_with_feedback(weight: np.ndarray, quantized: QuantizedTensor, inputs: 
     nearest = inputs.rows(quantized.levels).astype(np.int64)
     out = nearest.copy()
     lengths = _code_lengths(quantized) if entropy_weight > 0 and quantized.scheme == "codebook" else None
+    whole = _Grid(quantized, len(start), lengths)
     for gram, channels in inputs.hessians:
         rows = np.arange(len(start))[channels]
         mean_diagonal = float(np.mean(np.diag(gram)))
         if not len(rows) or not mean_diagonal > 0:
             continue
-        grid = _Grid(quantized, rows, lengths)
+        grid = whole.take(rows)
         hessian = gram + RIDGE * mean_diagonal * np.eye(len(gram))
         order = np.argsort(-np.diag(hessian), kind="stable")
         levels, price = _round_group(start[rows][:, order], hessian[np.ix_(order, order)], grid, entropy_weight)
@@ -64,26 +66,29 @@ def round_with_feedback(weight: np.ndarray, quantized: QuantizedTensor, inputs: 
 
 
 class _Grid:
-    """The levels the survivors of some rows (output channels) may take, as stored ids and as values."""
+    """The levels the survivors of each row (output channel) may take, as stored ids and as values: a codebook
+    ``table`` (id = 1 + index) times the row's ``multiplier``, or the integers ``low..high`` but 0 times it."""
 
-    def __init__(self, q: QuantizedTensor, rows: np.ndarray, lengths: np.ndarray | None) -> None:
-        per_row = q.axis is not None
+    def __init__(self, q: QuantizedTensor, rows: int, lengths: np.ndarray | None) -> None:
         self.lengths = lengths
-        if q.scheme == "codebook":
-            self.table = q.codebook.astype(np.float64)  # ascending; id = 1 + index
-            self.multiplier = q.scale[rows].astype(np.float64) if per_row else np.ones(len(rows))
-            return
-        self.table = None
-        scale = np.asarray(q.scale, dtype=np.float64).reshape(-1)
-        self.multiplier = scale[rows] if per_row else np.full(len(rows), scale[0])
+        scale = np.ones(1) if q.scale is None else np.asarray(q.scale, dtype=np.float64).reshape(-1)
+        self.multiplier = np.broadcast_to(scale, (rows,)) if q.axis is None else scale
+        self.table = q.codebook.astype(np.float64) if q.scheme == "codebook" else None
         if q.scheme == "uniform":
-            low = np.asarray(q.window_low, dtype=np.int64).reshape(-1)
-            self.low = low[rows] if per_row else np.full(len(rows), low[0])
+            self.low = np.broadcast_to(np.asarray(q.window_low, dtype=np.int64).reshape(-1), (rows,))
             self.high = self.low + 2**q.bits
-        else:  # step: within the levels nearest rounding used (the export's integer type holds them)
+        elif q.scheme == "step":  # within the levels nearest rounding used (the export's integer type holds them)
             alive = q.levels[q.levels != 0]
-            self.low = np.full(len(rows), min(int(alive.min(initial=-1)), -1))
-            self.high = np.full(len(rows), max(int(alive.max(initial=1)), 1))
+            self.low = np.full(rows, min(int(alive.min(initial=-1)), -1))
+            self.high = np.full(rows, max(int(alive.max(initial=1)), 1))
+
+    def take(self, rows: np.ndarray) -> _Grid:
+        """The grid of ``rows`` alone."""
+        part = copy.copy(self)
+        part.multiplier = self.multiplier[rows]
+        if self.table is None:
+            part.low, part.high = self.low[rows], self.high[rows]
+        return part
 
     def values(self, ids: np.ndarray) -> np.ndarray:
         """The weight values of level ``ids`` (rows x columns, or one column); 0 for id 0."""

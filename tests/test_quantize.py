@@ -14,7 +14,7 @@ from onnx_de.evolution import SearchConfig
 from onnx_de.export import export_quantized
 from onnx_de.quantize import quantize, weight_inputs
 from onnx_de.quantizers import quantize_tensor, survivors_rms
-from onnx_de.rounding import round_with_feedback
+from onnx_de.rounding import RIDGE, round_with_feedback
 from onnx_de.sparsify import sparsify, student_model
 
 from helpers import gemm_model, run
@@ -175,15 +175,18 @@ def test_feedback_rounding_keeps_the_mask_and_the_levels_and_never_moves_the_out
     else:
         assert np.abs(fed.levels).max(initial=0) <= max(np.abs(nearest.levels).max(initial=0), 1)
     if not options.get("entropy_weight"):  # without a price on code length, feedback only ever lowers the error
-        errors = [float(np.sum((x @ (q.dequantize() - weight).T) ** 2)) for q in (nearest, fed)]
-        assert errors[1] <= errors[0] * (1 + 1e-6)
+        x64 = x.astype(np.float64)  # the output error it minimises: on the calibration inputs, with its ridge
+        ridge = RIDGE * float(np.mean(np.sum(x64**2, axis=0)))
+        errors = [float(np.sum((x64 @ delta.T) ** 2) + ridge * np.sum(delta**2))
+                  for delta in (q.dequantize().astype(np.float64) - weight for q in (nearest, fed))]
+        assert errors[1] <= errors[0] * (1 + 1e-9)
 
 
 def test_feedback_rounding_halves_the_kl_of_a_3_bit_90_percent_mlp(sparse_mlp):
     results = {rounding: quantize(sparse_mlp, "zoo:mnist-mlp", bits=3, teacher="zoo:mnist-mlp", rounding=rounding)
                for rounding in ("nearest", "feedback")}
     nearest, fed = (results[r].fidelity for r in ("nearest", "feedback"))
-    assert fed["kl"] < 0.7 * nearest["kl"]  # measured 0.0245 against 0.0460 on the evaluation digits
+    assert fed["kl"] < 0.7 * nearest["kl"]  # measured 0.0235 against 0.0460 on the evaluation digits
     assert fed["top1_agreement"] > nearest["top1_agreement"]  # 0.977 against 0.965
     again = quantize(sparse_mlp, "zoo:mnist-mlp", bits=3, teacher="zoo:mnist-mlp")
     for name, q in results["feedback"].quantized.items():
