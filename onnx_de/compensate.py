@@ -13,7 +13,7 @@ whole refit is run from each and the Scorer keeps the best pass, so the masks an
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -27,12 +27,14 @@ from .runtime import create_session, fixed_batch
 from .graphs import expose_outputs, promote_weights
 from .scoring import Scorer
 
-__all__ = ["LayerProbe", "LayerInputs", "saliency", "input_energy", "layer_inputs", "compensate"]
+__all__ = ["LayerProbe", "LayerInputs", "saliency", "layer_inputs", "compensate"]
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16384  # rows (samples x positions) of the regression, subsampled beyond this
 ROWS_PER_UNKNOWN = 2  # a channel is refit only from at least this many rows per surviving weight
+CAPTURE_BYTES = 1 << 30  # layer inputs held at once when several layers share one model run
+BLOCK_ELEMENTS = 1 << 24  # regression inputs of a layer converted to float64 at once, across its groups
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class LayerProbe:
     """Captures the input activations of the nodes that consume prunable weights, for teacher or student.
 
     One session on the model with its prunable weights promoted to inputs and every layer input exposed
-    as an extra output; ``capture`` asks ONNX Runtime for just the outputs it needs.
+    as an extra output; ``capture`` asks ONNX Runtime for just the outputs it needs, ``captures`` for as many
+    layers' inputs per run as fit in memory.
     """
 
     def __init__(self, model: Model, weights: list[WeightInfo], data: Dataset,
@@ -59,17 +62,78 @@ class LayerProbe:
         self.session = create_session(probe, intra_op_threads=intra_op_threads)
         self.data = data
         self.teacher = {n: np.array(model.initializer(n)) for n in names}
+        self._kept: dict[str, np.ndarray] | None = None  # teacher inputs, filled by the first teacher capture
 
     def capture(self, name: str, weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """The input of weight ``name``'s node over the data (teacher weights unless ``weights`` given)."""
+        """The input of weight ``name``'s node over the data (teacher weights unless ``weights`` given).
+
+        The first teacher capture also keeps the teacher's inputs of as many layers as fit in
+        ``CAPTURE_BYTES`` (in graph order, one model run), so the refit passes do not recompute them."""
+        key = self.layers[name].input_name
+        if weights is None:
+            if self._kept is None:
+                self._kept = self._keep()
+            if key in self._kept:
+                return self._kept[key]
+        return self._run([key], weights)[0]
+
+    def _keep(self) -> dict[str, np.ndarray]:
+        """The teacher's inputs of the supported layers, in graph order, as many as fit in ``CAPTURE_BYTES``."""
+        ordered = sorted(self.layers.values(), key=lambda layer: layer.order)
+        keys = list(dict.fromkeys(layer.input_name for layer in ordered if _supported(layer)))
+        if not keys:
+            return {}
+        sizes = self._bytes_per_sample(keys)
+        kept, total = [], 0.0
+        for key in keys:
+            total += sizes[key] * len(self.data)
+            if total > CAPTURE_BYTES:
+                break
+            kept.append(key)
+        return dict(zip(kept, self._run(kept))) if kept else {}
+
+    def _bytes_per_sample(self, keys: list[str]) -> dict[str, float]:
+        """Each named input's bytes per sample, from one run on the first batch (one sample if the batch is free)."""
+        first = self._run(keys, samples=fixed_batch(self.session, set(self.data.inputs)) or 1)
+        return {key: value.nbytes / len(value) for key, value in zip(keys, first)}
+
+    def captures(self, names: list[str], max_bytes: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """The teacher's input of each weight's node over the data, in the order of ``names``: one model run
+        per group of consecutive layers whose inputs fit together in ``max_bytes`` (default ``CAPTURE_BYTES``;
+        a larger one runs alone)."""
+        max_bytes = CAPTURE_BYTES if max_bytes is None else max_bytes
+        inputs = {name: self.layers[name].input_name for name in names}
+        unique = list(dict.fromkeys(inputs.values()))
+        if not unique:
+            return
+        per_sample = self._bytes_per_sample(unique)
+        group: list[str] = []
+        for name in names:
+            wanted = list(dict.fromkeys(inputs[n] for n in [*group, name]))
+            if group and sum(per_sample[key] for key in wanted) * len(self.data) > max_bytes:
+                yield from self._group(group, inputs)
+                group = []
+            group.append(name)
+        yield from self._group(group, inputs)
+
+    def _group(self, names: list[str], inputs: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
+        keys = list(dict.fromkeys(inputs[name] for name in names))
+        arrays = dict(zip(keys, self._run(keys)))
+        for name in names:
+            yield name, arrays[inputs[name]]
+
+    def _run(self, outputs: list[str], weights: dict[str, np.ndarray] | None = None,
+             samples: int | None = None) -> list[np.ndarray]:
+        """The named outputs over the first ``samples`` samples (all of them by default), run in batches."""
         feed_weights = weights or self.teacher
-        size = fixed_batch(self.session, set(self.data.inputs)) or len(self.data)
+        count = samples or len(self.data)
+        size = fixed_batch(self.session, set(self.data.inputs)) or count
         chunks = []
-        for start in range(0, len(self.data), size):
-            feed = {k: v[start : start + size] for k, v in self.data.inputs.items()}
+        for start in range(0, count, size):
+            feed = {k: v[start : min(start + size, count)] for k, v in self.data.inputs.items()}
             feed.update(feed_weights)
-            chunks.append(self.session.run([self.layers[name].input_name], feed)[0])
-        return np.concatenate(chunks, axis=0)
+            chunks.append(self.session.run(outputs, feed))
+        return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
 
 
 def _find_layers(model: Model, weights: list[WeightInfo]) -> dict[str, _Layer]:
@@ -83,14 +147,18 @@ def _find_layers(model: Model, weights: list[WeightInfo]) -> dict[str, _Layer]:
     return layers
 
 
-def _design(layer: _Layer, x: np.ndarray, rows: np.ndarray | None) -> list[tuple[np.ndarray, slice]]:
-    """Regression inputs per group: (matrix M x d, slice of output channels), for the layer's op."""
+def _design(layer: _Layer, x: np.ndarray, rows: np.ndarray | None) -> Iterator[tuple[list[slice], np.ndarray]]:
+    """The layer's regression inputs, by blocks of its groups: (each group's output channels, the groups' inputs
+    as float64 (groups, M, d)), a block holding at most about ``BLOCK_ELEMENTS`` values (a Gemm or MatMul is
+    one group)."""
     op, attrs = layer.node.op_type, {a.name: onnx.helper.get_attribute_value(a) for a in layer.node.attribute}
     if op in ("Gemm", "MatMul"):
         if op == "Gemm" and attrs.get("transA", 0):
             x = x.T
         matrix = x.reshape(-1, x.shape[-1])
-        return [(matrix if rows is None else matrix[rows % len(matrix)], slice(None))]
+        matrix = matrix if rows is None else matrix[rows % len(matrix)]
+        yield [slice(None)], matrix.astype(np.float64)[None]
+        return
     group = int(attrs.get("group", 1))
     kh, kw = layer.weight.shape[2:]
     strides = attrs.get("strides", [1, 1])
@@ -99,19 +167,20 @@ def _design(layer: _Layer, x: np.ndarray, rows: np.ndarray | None) -> list[tuple
     padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     span = (dilations[0] * (kh - 1) + 1, dilations[1] * (kw - 1) + 1)
     windows = sliding_window_view(padded, span, axis=(2, 3))[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
-    n, _, out_h, out_w = windows.shape[:4]
+    n, channels_in, out_h, out_w = windows.shape[:4]
     total = n * out_h * out_w
     flat = np.arange(total) if rows is None else rows % total
     sample, rest = np.divmod(flat, out_h * out_w)
     h, w = np.divmod(rest, out_w)
-    patches = windows[sample, :, h, w]  # (M, C, kh, kw)
-    per_group_in = patches.shape[1] // group
+    per_group_in = channels_in // group
     per_group_out = layer.weight.shape[0] // group
-    return [
-        (patches[:, g * per_group_in : (g + 1) * per_group_in].reshape(len(flat), -1),
-         slice(g * per_group_out, (g + 1) * per_group_out))
-        for g in range(group)
-    ]
+    step = max(1, BLOCK_ELEMENTS // (len(flat) * per_group_in * kh * kw))
+    for first in range(0, group, step):
+        last = min(group, first + step)
+        patches = windows[sample, first * per_group_in : last * per_group_in, h, w]  # (M, C, kh, kw)
+        block = patches.reshape(len(flat), last - first, -1).transpose(1, 0, 2)
+        yield ([slice(g * per_group_out, (g + 1) * per_group_out) for g in range(first, last)],
+               np.array(block, dtype=np.float64, order="C"))
 
 
 def _rows_matrix(layer: _Layer, weight: np.ndarray) -> np.ndarray:
@@ -147,24 +216,18 @@ def _supported(layer: _Layer) -> bool:
 
 def saliency(probe: LayerProbe, prior: str) -> dict[str, np.ndarray]:
     """Per weight, each element's importance under ``prior`` (lower = drawn first as a candidate)."""
+    energies = {} if prior in ("uniform", "magnitude") else layer_inputs(probe, hessians=False)
     result = {}
     for name in probe.layers:
         magnitude = np.abs(probe.teacher[name])
-        energy = None if prior in ("uniform", "magnitude") else input_energy(probe, name)
-        if energy is None:
+        inputs = energies.get(name)
+        if inputs is None:
             result[name] = magnitude
         elif prior == "hessian":
-            result[name] = magnitude.astype(np.float64) ** 2 * energy
+            result[name] = magnitude.astype(np.float64) ** 2 * inputs.energy
         else:
-            result[name] = magnitude * np.sqrt(energy)
+            result[name] = magnitude * np.sqrt(inputs.energy)
     return result
-
-
-def input_energy(probe: LayerProbe, name: str) -> np.ndarray | None:
-    """Per element of weight ``name``, the mean square of the teacher's input it multiplies (the diagonal of
-    the layer's Gauss-Newton Hessian); ``None`` for a layer kind the probe cannot unfold."""
-    inputs = layer_inputs(probe, name, hessians=False)
-    return None if inputs is None else inputs.energy
 
 
 @dataclass
@@ -191,21 +254,29 @@ class LayerInputs:
         return _from_rows(self.layer, rows, self.energy.shape)
 
 
-def layer_inputs(probe: LayerProbe, name: str, hessians: bool = True) -> LayerInputs | None:
-    """The input statistics of weight ``name``'s layer over the probe's data (the inputs of the probe's model,
-    rows subsampled as for compensation); ``None`` for a layer kind the probe cannot unfold."""
-    layer = probe.layers[name]
-    if not _supported(layer):
-        return None
-    x = probe.capture(name)
-    rows = np.ones_like(_rows_matrix(layer, probe.teacher[name]), dtype=np.float64)
+def layer_inputs(probe: LayerProbe, names: list[str] | None = None,
+                 hessians: bool = True) -> dict[str, LayerInputs | None]:
+    """The input statistics of each weight's layer over the probe's data (the inputs of the probe's model, rows
+    subsampled as for compensation), for ``names`` (default: every layer of the probe); ``None`` for a layer
+    kind the probe cannot unfold. Several layers' inputs come from one model run where they fit in memory."""
+    names = list(probe.layers) if names is None else names
+    result: dict[str, LayerInputs | None] = dict.fromkeys(names)
+    for name, x in probe.captures([name for name in names if _supported(probe.layers[name])]):
+        result[name] = _statistics(probe.layers[name], x, probe.teacher[name], hessians)
+    return result
+
+
+def _statistics(layer: _Layer, x: np.ndarray, weight: np.ndarray, hessians: bool) -> LayerInputs:
+    energy = np.empty(_rows_matrix(layer, weight).shape, dtype=np.float64)
     grams = [] if hessians else None
-    for matrix, channels in _design(layer, x, _sample_rows(x, layer, 0)):
-        wide = matrix.astype(np.float64)
-        rows[channels] *= np.mean(wide**2, axis=0)[None, :]
-        if grams is not None:
-            grams.append((wide.T @ wide, channels))
-    return LayerInputs(layer, _from_rows(layer, rows, probe.teacher[name].shape), grams)
+    for channels, block in _design(layer, x, _sample_rows(x, layer, 0)):
+        squares = np.mean(block**2, axis=1)
+        products = np.matmul(block.transpose(0, 2, 1), block) if hessians else ()
+        for index, rows in enumerate(channels):
+            energy[rows] = squares[index]
+            if grams is not None:
+                grams.append((products[index], rows))
+    return LayerInputs(layer, _from_rows(layer, energy, weight.shape), grams)
 
 
 def _sample_rows(x: np.ndarray, layer: _Layer, seed: int) -> np.ndarray | None:
@@ -306,11 +377,13 @@ class _RefitSystem:
         rows = _sample_rows(x_t, layer, 1)
         self.teacher_rows = _rows_matrix(layer, teacher).astype(np.float64)
         self.groups = []
-        for (a_t, channels), (a_s, _) in zip(_design(layer, x_t, rows), _design(layer, x_s, rows)):
-            a_s64 = a_s.astype(np.float64)
-            gram = a_s64.T @ a_s64
-            damping = ridge * max(float(np.trace(gram)) / len(gram), 1e-12)
-            self.groups.append((gram, a_s64.T @ a_t.astype(np.float64), damping, channels, len(a_s)))
+        for (channels, a_t), (_, a_s) in zip(_design(layer, x_t, rows), _design(layer, x_s, rows)):
+            a_s_t = a_s.transpose(0, 2, 1)
+            grams, crosses = np.matmul(a_s_t, a_s), np.matmul(a_s_t, a_t)
+            for index, rows_of_group in enumerate(channels):
+                gram = grams[index]
+                damping = ridge * max(float(np.trace(gram)) / len(gram), 1e-12)
+                self.groups.append((gram, crosses[index], damping, rows_of_group, a_s.shape[1]))
 
     def solve(self, mask: np.ndarray, current: np.ndarray) -> np.ndarray:
         """The refit weight for ``mask`` (zeros where it is False); channels with too few rows keep ``current``."""

@@ -213,7 +213,7 @@ def weight_inputs(model: Model, calibration: Dataset, intra_op_threads: int | No
     feedback); ``None`` for a layer kind that cannot be unfolded."""
     weights = _quantizable(model)
     probe = LayerProbe(model, weights, calibration, intra_op_threads=intra_op_threads)
-    return {w.name: layer_inputs(probe, w.name, hessians) for w in weights}
+    return layer_inputs(probe, [w.name for w in weights], hessians)
 
 
 def _quantizable(model: Model) -> list:

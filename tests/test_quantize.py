@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import onnx_de
-from onnx_de import ConfigError
+from onnx_de import ConfigError, compensate
 from onnx_de.evolution import SearchConfig
 from onnx_de.export import export_quantized
 from onnx_de.quantize import quantize, weight_inputs
@@ -17,7 +18,7 @@ from onnx_de.quantizers import quantize_tensor, survivors_rms
 from onnx_de.rounding import RIDGE, round_with_feedback
 from onnx_de.sparsify import sparsify, student_model
 
-from helpers import gemm_model, run
+from helpers import IR_VERSION, OPSET, gemm_model, run
 
 SETTINGS = [
     ("codebook", {}),
@@ -152,6 +153,62 @@ def correlated_gemm():
     model = onnx_de.load_model(gemm_model(rng), onnx_de.WeightSelection(min_size=1))
     x = (rng.normal(size=(512, 6)) @ rng.normal(size=(6, 64)) + 0.1 * rng.normal(size=(512, 64))).astype(np.float32)
     return model, x, weight_inputs(model, onnx_de.Dataset({"x": x}))
+
+
+def grouped_conv_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """x[N,4,7,7] -> Conv(W1 6x2x3x3, 2 groups, padded) -> Relu -> Conv(W2 6x1x3x3, depthwise, stride 2) -> y."""
+    w1, w2 = (rng.normal(size=shape).astype(np.float32) for shape in ((6, 2, 3, 3), (6, 1, 3, 3)))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W1"], ["h"], group=2, pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Conv", ["r", "W2"], ["y"], group=6, strides=[2, 2]),
+        ],
+        "grouped",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 3, 3])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    return helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION)
+
+
+@pytest.mark.parametrize("block_elements", [compensate.BLOCK_ELEMENTS, 1])  # all groups at once, one at a time
+def test_layer_inputs_of_grouped_convolutions_are_the_statistics_of_their_unfolded_inputs(block_elements,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(compensate, "BLOCK_ELEMENTS", block_elements)
+    rng = np.random.default_rng(5)
+    model = onnx_de.load_model(grouped_conv_model(rng), onnx_de.WeightSelection(min_size=1))
+    data = onnx_de.Dataset({"x": rng.normal(size=(5, 4, 7, 7)).astype(np.float32)})
+    probe = compensate.LayerProbe(model, model.prunable, data)
+    inputs = compensate.layer_inputs(probe)
+    for name, groups, stride, pad in (("W1", 2, 1, 1), ("W2", 6, 2, 0)):
+        x = probe.capture(name)
+        padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        out = (padded.shape[2] - 3) // stride + 1
+        rows = compensate._sample_rows(x, probe.layers[name], 0) % (len(x) * out * out)  # the rows it samples
+        patches = np.stack([padded[r // out**2, :, (r % out**2) // out * stride:][:, :3, (r % out) * stride:][:, :, :3]
+                            for r in rows]).astype(np.float64)  # (rows, C, 3, 3), one window at a time
+        per_in, per_out = x.shape[1] // groups, 6 // groups
+        assert len(inputs[name].hessians) == groups
+        for g, (gram, channels) in enumerate(inputs[name].hessians):
+            unfolded = patches[:, g * per_in : (g + 1) * per_in].reshape(len(rows), -1)
+            assert channels == slice(g * per_out, (g + 1) * per_out)
+            np.testing.assert_allclose(gram, unfolded.T @ unfolded, rtol=1e-10)
+            energy = inputs[name].energy[channels].reshape(per_out, -1)
+            np.testing.assert_allclose(energy, np.broadcast_to(np.mean(unfolded**2, axis=0), energy.shape), rtol=1e-10)
+
+
+def test_a_probe_captures_several_layers_per_run_exactly_as_one_at_a_time(lenet):
+    probe = compensate.LayerProbe(lenet, lenet.prunable, onnx_de.load_data("zoo:mnist-lenet5", lenet, limit=64))
+    names = list(probe.layers)
+    alone = {name: probe.capture(name, probe.teacher) for name in names}  # weights given: one run each, not kept
+    for max_bytes in (1, 1 << 30):  # one layer per run; every layer in one run
+        captured = list(probe.captures(names, max_bytes))
+        assert [name for name, _ in captured] == names
+        for name, x in captured:
+            np.testing.assert_array_equal(x, alone[name])
+    for name in names:  # the teacher's inputs kept by the first teacher capture, for the refit passes
+        np.testing.assert_array_equal(probe.capture(name), alone[name])
 
 
 @settings(max_examples=40, deadline=None)
