@@ -27,6 +27,7 @@ from onnx_de.compensate import LayerProbe, compensate, layer_inputs  # noqa: E40
 from onnx_de.data import load_data  # noqa: E402
 from onnx_de.evaluate import resolve_metric  # noqa: E402
 from onnx_de.scoring import Scorer  # noqa: E402
+from onnx_de.sparsify import lowest  # noqa: E402
 from onnx_de.zoo import open_model  # noqa: E402
 from bench_env import header  # noqa: E402
 
@@ -43,12 +44,8 @@ def measure(name: str, threads: int | None, every: int, sparsity: float, limit: 
     rng = np.random.default_rng(0)
     initial = {w.name: np.asarray(teacher.initializer(w.name)) for w in refit}
     masks = {n: rng.random(w.shape) >= sparsity for n, w in initial.items()}
-    by_magnitude = {}
-    for n, w in initial.items():
-        order = np.argsort(np.abs(w), axis=None, kind="stable")
-        mask = np.ones(w.size, bool)
-        mask[order[: w.size - int(masks[n].sum())]] = False
-        by_magnitude[n] = mask.reshape(w.shape)
+    by_magnitude = lowest({n: np.abs(w) for n, w in initial.items()},
+                          {n: int(mask.size - mask.sum()) for n, mask in masks.items()})
     rows, outcomes = [], []
     for label, capture_bytes in SETTINGS.items():
         compensation.CAPTURE_BYTES = capture_bytes
