@@ -21,6 +21,7 @@ from .data import Preprocess, load_data
 from .errors import OnnxDeError, first_line
 from .fileio import atomic_write_bytes
 from .evaluate import evaluate
+from .export import PARAMETER_MANTISSA_BITS
 from .metrics import METRICS
 from .model import WeightSelection
 from .evolution import PRIORS, SearchConfig
@@ -483,6 +484,11 @@ def _add_rounding(parser: argparse.ArgumentParser, default: str | None = "feedba
     parser.add_argument("--rounding", choices=ROUNDINGS, default=default,
                         help="feedback (default): round survivors one input at a time, the inputs not yet rounded "
                              "compensating each error (GPTQ); nearest: each to its nearest level")
+    parser.add_argument("--mantissa-bits", type=int, metavar="M",
+                        default=PARAMETER_MANTISSA_BITS if default is not None else None,
+                        help=f"mantissa bits kept by the float parameters not quantized (biases, normalization "
+                             f"statistics, small weights): 0 to 23 (exact), default {PARAMETER_MANTISSA_BITS} "
+                             f"(float16's precision)")
 
 
 def _parse_bits(text: str) -> int | str:
@@ -503,7 +509,7 @@ def _quantize(args: argparse.Namespace) -> int:
                       teacher=args.teacher, selection=selection, eval_data=eval_data, output=args.output,
                       calibration_samples=args.limit, intra_op_threads=args.threads,
                       layer_bits=_merged(args.layer_bits), entropy_weight=args.entropy_weight,
-                      rounding=args.rounding)
+                      rounding=args.rounding, mantissa_bits=args.mantissa_bits)
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -511,6 +517,9 @@ def _quantize(args: argparse.Namespace) -> int:
           f"in {result.seconds:.1f} s")
     for name, layer in result.layers.items():
         print(f"  {name:<40} {layer['bits']} bits, {layer['survivors']:,} of {layer['size']:,} weights")
+    if result.rounded_elements:
+        print(f"  other float parameters: {result.rounded_elements:,} values rounded to "
+              f"{result.settings['mantissa_bits']} mantissa bits")
     if result.fidelity:
         print(format_fidelity(result.fidelity))
     return 0
@@ -530,6 +539,7 @@ def _optimize(args: argparse.Namespace) -> int:
                 "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None,
                 "workers": args.workers, "executor": args.executor, "device": args.device,
                 "entropy_weight": args.entropy_weight, "rounding": args.rounding, "refits": args.refits,
+                "mantissa_bits": args.mantissa_bits,
                 "fast_decode": args.fast_decode}
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError, is_int
+from .export import PARAMETER_MANTISSA_BITS, check_mantissa_bits
 from .evolution import PRIORS, SearchConfig
 from .model import DEFAULT_MIN_SIZE, WeightSelection, matches
 from .parallel import parse_executor
@@ -72,6 +73,8 @@ class OptimizeConfig:
         entropy_weight: codebooks: the level fit's trade of error for code length (0: plain Lloyd-Max); see
             :func:`~onnx_de.quantize`.
         rounding: ``feedback`` (error-feedback rounding, the default) or ``nearest``; see :func:`~onnx_de.quantize`.
+        mantissa_bits: mantissa bits kept by the float parameters not quantized (0-23; 23: exact); see
+            :func:`~onnx_de.quantize`.
         fast_decode: write a container that decodes at zstd's speed, a little larger (see :func:`~onnx_de.encode`).
     """
 
@@ -98,6 +101,7 @@ class OptimizeConfig:
     device: str = "auto"
     entropy_weight: float = 0.0
     rounding: str = "feedback"
+    mantissa_bits: int = PARAMETER_MANTISSA_BITS
     fast_decode: bool = False
 
     def __post_init__(self) -> None:
@@ -126,6 +130,7 @@ class OptimizeConfig:
             raise ConfigError("entropy_weight applies to codebooks only (scheme = \"codebook\")")
         if self.rounding not in ROUNDINGS:
             raise ConfigError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
+        check_mantissa_bits(self.mantissa_bits)
         if self.refits and not self.compensate:
             raise ConfigError("refits need compensation (compensate = true)")
         if self.device not in DEVICES:
@@ -148,7 +153,7 @@ class OptimizeConfig:
             "threads": lambda v: v is None or (is_int(v) and v > 0), "workers": is_int,
             "executor": lambda v: isinstance(v, str), "device": lambda v: isinstance(v, str),
             "entropy_weight": lambda v: number(v) and v >= 0, "fast_decode": lambda v: isinstance(v, bool),
-            "rounding": lambda v: isinstance(v, str),
+            "rounding": lambda v: isinstance(v, str), "mantissa_bits": is_int,
         }
         for key, valid in checks.items():
             if not valid(getattr(self, key)):

@@ -22,10 +22,25 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .errors import ConfigError
 from .model import Model
 from .quantizers import QuantizedTensor, channel_shape
 
-__all__ = ["export_quantized", "fold_values"]
+__all__ = ["MANTISSA_BITS", "PARAMETER_MANTISSA_BITS", "check_mantissa_bits", "export_quantized", "fold_values",
+           "round_mantissa", "rounded_parameters"]
+
+MANTISSA_BITS = 23  # float32's own: values exact
+# What quantize keeps of the float parameters it does not quantize: float16's precision (7 bits, bfloat16's,
+# moved ppocr-det's mask IoU from 0.9952 to 0.989; BENCHMARKS.md, "Rounded parameters").
+PARAMETER_MANTISSA_BITS = 10
+# The inputs (op type -> positions) that hold a layer's parameters: weights, biases, normalization statistics
+# and scales, elementwise operands. Rounding one moves the outputs by about its own relative error, unlike
+# Resize's scales or Clip's bounds, which decide shapes and ranges.
+_PARAMETER_INPUTS = {
+    "Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {0, 1, 2}, "MatMul": {0, 1}, "PRelu": {1},
+    "BatchNormalization": {1, 2, 3, 4}, "InstanceNormalization": {1, 2}, "LayerNormalization": {1, 2},
+    "Add": {0, 1}, "Sub": {0, 1}, "Mul": {0, 1}, "Div": {0, 1},
+}
 
 
 def export_quantized(model: Model, quantized: dict[str, QuantizedTensor]) -> onnx.ModelProto:
@@ -54,6 +69,51 @@ def export_quantized(model: Model, quantized: dict[str, QuantizedTensor]) -> onn
     del graph.node[:]
     graph.node.extend(nodes + existing)
     return proto
+
+
+def rounded_parameters(graph: onnx.GraphProto, bits: int, skip: set[str]) -> dict[str, np.ndarray]:
+    """The float32 initializers of ``graph`` that only parameter inputs (``_PARAMETER_INPUTS``) of its own
+    nodes read, but ``skip``, with their mantissas rounded to ``bits`` (:func:`round_mantissa`); those that
+    rounding leaves as they are are left out."""
+    uses: dict[str, list[bool]] = {}
+    for node in graph.node:
+        positions = _PARAMETER_INPUTS.get(node.op_type, set()) if node.domain in ("", "ai.onnx") else set()
+        for position, name in enumerate(node.input):
+            uses.setdefault(name, []).append(position in positions)
+    in_subgraphs = {name for n in graph.node for a in n.attribute for g in _subgraphs(a) for name in _free_inputs(g)}
+    excluded = skip | in_subgraphs | {o.name for o in graph.output}
+    rounded = {}
+    for tensor in graph.initializer:
+        if (tensor.data_type != TensorProto.FLOAT or tensor.name in excluded or not uses.get(tensor.name)
+                or not all(uses[tensor.name]) or tensor.data_location == TensorProto.EXTERNAL):
+            continue
+        value = numpy_helper.to_array(tensor)
+        candidate = round_mantissa(value, bits)
+        if not np.array_equal(candidate.view(np.uint32), value.view(np.uint32)):
+            rounded[tensor.name] = candidate
+    return rounded
+
+
+def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
+    """float32 ``values`` with ``bits`` of their 23 mantissa bits kept (nearest, ties to even), the exponent
+    float32's: at 10 bits float16's precision without its range. Non-finite values, and finite ones that would
+    round to infinity, stay as they are."""
+    check_mantissa_bits(bits)
+    values = np.array(values, dtype=np.float32)  # a C-ordered copy, of any rank (0 too)
+    drop = MANTISSA_BITS - bits
+    if drop == 0:
+        return values
+    pattern = values.view(np.uint32).astype(np.uint64)
+    odd = (pattern >> np.uint64(drop)) & np.uint64(1)
+    pattern = (pattern + np.uint64((1 << (drop - 1)) - 1) + odd) >> np.uint64(drop) << np.uint64(drop)
+    result = pattern.astype(np.uint32).view(np.float32)
+    return np.where(np.isfinite(values) & np.isfinite(result), result, values)
+
+
+def check_mantissa_bits(bits) -> None:
+    """A :class:`ConfigError` unless ``bits`` is an integer from 0 to 23."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= MANTISSA_BITS:
+        raise ConfigError(f"mantissa bits must be an integer from 0 to {MANTISSA_BITS}, got {bits!r}")
 
 
 def _dequantizer(name: str, q: QuantizedTensor, opset: int, taken: set[str]):

@@ -74,6 +74,7 @@ class OptimizeResult:
             "sizes": {"original": self.original_bytes, "onnx": self.onnx_bytes, "container": self.container_bytes,
                       "ratio": self.ratio},
             "sparsity": self.sparsified.sparsity, "average_bits": self.quantized.average_bits,
+            "rounded_parameter_values": self.quantized.rounded_elements,
             "stopped": self.sparsified.stopped, "layers": layers, "fidelity": self.fidelity,
             "calibration_metric_after_quantization": self.quantized.calibration_metric,
             "trajectory": self.sparsified.trajectory, "container": self.container, "seconds": self.seconds,
@@ -144,7 +145,8 @@ def optimize(
         config: the settings; keyword ``settings`` (``sparsity=``, ``bits=``, ``budget=``, ``seed=`` ...)
             build one or replace its fields.
         eval_data: data for the reported fidelity (default: the evaluation split of ``zoo:NAME`` data).
-        resume: continue an interrupted search from the checkpoint in ``output``.
+        resume: continue an interrupted search from the checkpoint in ``output`` (a warning, and a search from
+            the beginning, where there is none: a finished run leaves none).
         progress: called with each generation's record of the search.
 
     Example:
@@ -159,6 +161,9 @@ def optimize(
     evaluation = evaluation_data(eval_data, data, teacher)
     spec = resolve_metric(None, teacher, data, model)
     output.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    if resume and not _interrupted(output):
+        log.warning("%s holds no interrupted search to continue (a finished run removes its checkpoints): "
+                    "starting from the beginning", output)
     started = time.perf_counter()
     if config.sparsity is None:
         sparse, quantized, tried = _smallest_within_budget(teacher, calibration, spec, config, progress, output,
@@ -175,7 +180,8 @@ def optimize(
                              scheme=config.scheme, per_channel=config.per_channel, teacher=teacher,
                              selection=config.selection,
                              intra_op_threads=config.threads, layer_bits=config.layer_bits(), metric=spec,
-                             entropy_weight=config.entropy_weight, rounding=config.rounding)
+                             entropy_weight=config.entropy_weight, rounding=config.rounding,
+                             mantissa_bits=config.mantissa_bits)
         tried = []
     seconds["search"] = time.perf_counter() - started
     log.info("sparsity %.4f, %.2f bits, in %.1f s", sparse.sparsity, quantized.average_bits, seconds["search"])
@@ -260,7 +266,8 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                         eval_data=check, intra_op_threads=config.threads,
                         layer_bits=config.layer_bits() if own else None, metric=spec,
                         inputs=inputs[level] if needed else None,
-                        entropy_weight=config.entropy_weight if own else 0.0, rounding=config.rounding)
+                        entropy_weight=config.entropy_weight if own else 0.0, rounding=config.rounding,
+                        mantissa_bits=config.mantissa_bits)
 
     def on_calibration(student: Model) -> float:
         return evaluate(teacher, student, calibration, metric=spec, intra_op_threads=config.threads)[spec.primary]
@@ -359,6 +366,11 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                 break
     _, sparse, quantized = best
     return sparse, quantized, tried
+
+
+def _interrupted(output: Path) -> bool:
+    """Whether ``output`` holds what an interrupted run left to resume: a checkpoint or a budget level."""
+    return (output / CHECKPOINT).exists() or any(output.glob(LEVEL_PREFIX + "*"))
 
 
 def _remove_levels(output: Path) -> None:

@@ -23,6 +23,7 @@ sparsity = 0.9
 bits = 4
 seed = 3
 rounding = "nearest"
+mantissa_bits = 12
 
 [layers]
 "re:fc.*" = { bits = 5 }
@@ -37,7 +38,7 @@ def test_config_round_trips_through_json_and_toml(tmp_path):
     assert OptimizeConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     (tmp_path / "c.json").write_text(json.dumps(config.to_dict()))
     assert load_config(tmp_path / "c.json") == config
-    assert config.seed == 3 and config.bits == 4 and config.rounding == "nearest"
+    assert config.seed == 3 and config.bits == 4 and config.rounding == "nearest" and config.mantissa_bits == 12
 
 
 def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
@@ -66,6 +67,8 @@ def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
     ("sparsity = 0.9\npool = 0.5\n", "config key 'pool'"),
     ("sparsity = 0.9\nfast_decode = 'yes'\n", "config key 'fast_decode'"),
     ("sparsity = 0.9\nrounding = 'stochastic'\n", "rounding must be one of feedback, nearest"),
+    ("sparsity = 0.9\nmantissa_bits = 24\n", "mantissa bits must be an integer from 0 to 23"),
+    ("sparsity = 0.9\nmantissa_bits = 10.5\n", "config key 'mantissa_bits'"),
     ("sparsity = 0.9\n[layers]\n'fc1.weight' = { bits = 12 }\n",
      "layers.fc1.weight.bits must be an integer from 1 to 8"),
     ("sparsity = 0.9\nscheme = 'step'\n[layers]\n'fc1.weight' = { bits = 15 }\n", "from 1 to 14 for step levels"),
@@ -112,6 +115,7 @@ def test_optimize_writes_the_four_outputs_and_measures_the_decoded_container(opt
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert set(report["layers"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
     assert all(layer["bits"] == 4 for layer in report["layers"].values())
+    assert report["rounded_parameter_values"] == 300 + 100 + 10  # the biases, to 10 mantissa bits
 
 
 def test_report_html_is_one_self_contained_page_with_plots(optimized):
@@ -222,6 +226,13 @@ def test_an_interrupted_budget_search_resumes_from_its_finished_levels(tmp_path)
     assert resumed.tried == whole.tried
     assert (cut / "model.ode").read_bytes() == (tmp_path / "whole" / "model.ode").read_bytes()
     assert sorted(p.name for p in cut.iterdir()) == sorted(OUTPUTS)  # the levels' files are gone
+
+
+def test_resuming_with_nothing_to_resume_says_so_and_runs_from_the_start(tmp_path, caplog):
+    result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, sparsity=0, bits=8, calibration_samples=32,
+                      resume=True)
+    assert "holds no interrupted search to continue" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(OUTPUTS) and result.container_bytes > 0
 
 
 def test_a_budget_nothing_keeps_returns_the_lossless_container(tmp_path, caplog):

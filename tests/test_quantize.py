@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import onnx_de
 from onnx_de import ConfigError, compensate
 from onnx_de.evolution import SearchConfig
-from onnx_de.export import export_quantized
+from onnx_de.export import export_quantized, round_mantissa, rounded_parameters
 from onnx_de.quantize import quantize, weight_inputs
 from onnx_de.quantizers import quantize_tensor, survivors_rms
 from onnx_de.rounding import RIDGE, round_with_feedback
@@ -349,6 +349,67 @@ def test_automatic_bits_meet_the_budget_on_the_calibration_set(sparse_mlp):
     calibration = onnx_de.load_data("zoo:mnist-mlp", result.student, split="calibration")
     assert onnx_de.evaluate("zoo:mnist-mlp", result.student, calibration)["top1_agreement"] == pytest.approx(
         result.calibration_metric, abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(0, 23), seed=st.integers(0, 2**31))
+def test_rounded_mantissas_are_the_nearest_with_that_many_bits(bits, seed):
+    rng = np.random.default_rng(seed)
+    values = (rng.normal(size=200) * 10.0 ** rng.integers(-30, 30, size=200)).astype(np.float32)
+    rounded = round_mantissa(values, bits)
+    assert rounded.dtype == np.float32 and rounded.shape == values.shape
+    assert not (rounded.view(np.uint32) & np.uint32((1 << (23 - bits)) - 1)).any()  # the dropped bits are 0
+    error = np.abs(rounded.astype(np.float64) - values) / np.abs(values.astype(np.float64))
+    assert error.max() <= 2.0 ** -(bits + 1)  # half a unit in the last kept place
+
+
+def test_rounded_mantissas_keep_ties_even_shapes_and_non_finite_values():
+    ties = np.float32([1 + 2**-11, 1 + 3 * 2**-11, -(1 + 2**-11)])
+    assert round_mantissa(ties, 10).tolist() == [1.0, 1 + 2**-9, -1.0]  # to the even neighbour
+    special = np.array([0x7F800001, 0x7FC00000, 0x7F800000, 0xFF800000, 0x7F7FFFFF], np.uint32).view(np.float32)
+    # NaNs, infinities and the largest float (which would round to infinity) stay as they are
+    assert round_mantissa(special, 5).view(np.uint32).tolist() == special.view(np.uint32).tolist()
+    assert round_mantissa(np.float32(1 / 3), 23) == np.float32(1 / 3)  # 23 bits: exact
+    assert round_mantissa(np.float32(1 / 3), 10).shape == ()
+    with pytest.raises(ConfigError, match="mantissa bits"):
+        round_mantissa(np.ones(3, np.float32), 24)
+
+
+def test_only_parameter_inputs_are_rounded_and_never_shapes_or_subgraph_reads():
+    rng = np.random.default_rng(0)
+    tensors = {name: rng.normal(size=size).astype(np.float32) + np.float32(1 / 3) for name, size in
+               (("W", (4, 3, 3, 3)), ("B", 4), ("gain", 4), ("scales", 4), ("shared", 4), ("inner", 4))}
+    branch = helper.make_graph([helper.make_node("Add", ["y", "inner"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Mul", ["c", "gain"], ["g"]),
+         helper.make_node("Resize", ["g", "", "scales"], ["y"], mode="nearest"),
+         helper.make_node("Mul", ["y", "shared"], ["s"]),
+         helper.make_node("Resize", ["s", "", "shared"], ["t"], mode="nearest"),
+         helper.make_node("ReduceSum", ["t"], ["sum"], keepdims=0),
+         helper.make_node("Greater", ["sum", "zero"], ["positive"]),
+         helper.make_node("If", ["positive"], ["out"], then_branch=branch, else_branch=branch)],
+        "parameters", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in tensors.items()] + [numpy_helper.from_array(np.float32(0), "zero")])
+    rounded = rounded_parameters(graph, 10, skip={"W"})
+    assert set(rounded) == {"B", "gain"}  # scales decide a shape; shared is also read as one; inner, by a branch
+    for name, value in rounded.items():
+        assert np.array_equal(value, round_mantissa(tensors[name], 10)) and not np.array_equal(value, tensors[name])
+
+
+def test_quantize_rounds_the_parameters_it_leaves_to_float16_precision_and_the_container_shrinks(lenet):
+    results = {m: quantize("zoo:mnist-lenet5", "zoo:mnist-lenet5", bits=4, mantissa_bits=m) for m in (23, 10)}
+    exact, rounded = results[23], results[10]
+    assert exact.rounded_elements == 0 and rounded.rounded_elements == 20 + 50 + 500 + 10  # the four biases
+    assert rounded.settings["mantissa_bits"] == 10
+    for name in ("conv1.bias", "conv2.bias", "fc1.bias", "fc2.bias"):
+        assert np.array_equal(exact.student.initializer(name), lenet.initializer(name))
+        assert np.array_equal(rounded.student.initializer(name), round_mantissa(lenet.initializer(name), 10))
+    assert set(rounded.quantized) == set(exact.quantized) == {w.name for w in lenet.prunable}  # not rounded
+    assert len(onnx_de.encode(rounded.student)) < len(onnx_de.encode(exact.student))
+    assert rounded.fidelity["top1_agreement"] >= exact.fidelity["top1_agreement"] - 0.002
 
 
 def test_auto_bits_without_a_budget_is_a_config_error():
