@@ -517,8 +517,8 @@ def _quantize(args: argparse.Namespace) -> int:
           f"in {result.seconds:.1f} s")
     for name, layer in result.layers.items():
         print(f"  {name:<40} {layer['bits']} bits, {layer['survivors']:,} of {layer['size']:,} weights")
-    if result.rounded_elements:
-        print(f"  other float parameters: {result.rounded_elements:,} values rounded to "
+    if result.rounded_parameter_values:
+        print(f"  other float parameters: {result.rounded_parameter_values:,} values rounded to "
               f"{result.settings['mantissa_bits']} mantissa bits")
     if result.fidelity:
         print(format_fidelity(result.fidelity))

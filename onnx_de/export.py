@@ -80,8 +80,7 @@ def rounded_parameters(graph: onnx.GraphProto, bits: int, skip: set[str]) -> dic
         positions = _PARAMETER_INPUTS.get(node.op_type, set()) if node.domain in ("", "ai.onnx") else set()
         for position, name in enumerate(node.input):
             uses.setdefault(name, []).append(position in positions)
-    in_subgraphs = {name for n in graph.node for a in n.attribute for g in _subgraphs(a) for name in _free_inputs(g)}
-    excluded = skip | in_subgraphs | {o.name for o in graph.output}
+    excluded = skip | _subgraph_reads(graph.node) | {o.name for o in graph.output}
     rounded = {}
     for tensor in graph.initializer:
         if (tensor.data_type != TensorProto.FLOAT or tensor.name in excluded or not uses.get(tensor.name)
@@ -194,7 +193,7 @@ def fold_values(graph: onnx.GraphProto, constants: set[str],
     constants = constants - overridable
     outputs = {o.name for o in graph.output}
     readers = Counter(name for node in graph.node for name in node.input)
-    readers.update({name: 1 << 30 for name in _read_names(n for n in graph.node if n.attribute) - set(readers)})
+    readers.update({name: 1 << 30 for name in _subgraph_reads(graph.node)})  # never freed: a subgraph reads it
     folded, consumed, computed = set(), set(), {}
     widened: dict[str, type] = {}  # integer Casts kept in their narrow type until a reader needs the wide one
 
@@ -281,8 +280,13 @@ def _folded_value(node: onnx.NodeProto, inputs: dict[str, np.ndarray]) -> np.nda
 
 def _read_names(nodes) -> set[str]:
     """Every name the nodes read, in their subgraphs too."""
-    return {name for n in nodes for name in n.input} | {
-        name for n in nodes for a in n.attribute for g in _subgraphs(a) for name in _free_inputs(g)}
+    nodes = list(nodes)  # read twice: a generator would give the subgraphs nothing
+    return {name for n in nodes for name in n.input} | _subgraph_reads(nodes)
+
+
+def _subgraph_reads(nodes) -> set[str]:
+    """Every name the subgraphs of the nodes read."""
+    return {name for n in nodes for a in n.attribute for g in _subgraphs(a) for name in _free_inputs(g)}
 
 
 def _subgraphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:

@@ -74,7 +74,7 @@ class OptimizeResult:
             "sizes": {"original": self.original_bytes, "onnx": self.onnx_bytes, "container": self.container_bytes,
                       "ratio": self.ratio},
             "sparsity": self.sparsified.sparsity, "average_bits": self.quantized.average_bits,
-            "rounded_parameter_values": self.quantized.rounded_elements,
+            "rounded_parameter_values": self.quantized.rounded_parameter_values,
             "stopped": self.sparsified.stopped, "layers": layers, "fidelity": self.fidelity,
             "calibration_metric_after_quantization": self.quantized.calibration_metric,
             "trajectory": self.sparsified.trajectory, "container": self.container, "seconds": self.seconds,

@@ -34,7 +34,7 @@ class QuantizeResult:
     scheme: str
     layers: dict[str, dict]
     average_bits: float
-    rounded_elements: int = 0
+    rounded_parameter_values: int = 0  # float parameters outside the quantized weights rounded to mantissa_bits
     calibration_metric: float | None = None
     fidelity: dict | None = None
     seconds: float = 0.0
@@ -43,7 +43,7 @@ class QuantizeResult:
     def to_dict(self) -> dict:
         return {
             "scheme": self.scheme, "settings": self.settings, "average_bits": self.average_bits,
-            "rounded_elements": self.rounded_elements,
+            "rounded_parameter_values": self.rounded_parameter_values,
             "calibration_metric": self.calibration_metric, "layers": self.layers, "fidelity": self.fidelity,
             "seconds": self.seconds,
         }
@@ -210,7 +210,7 @@ def quantize(
     return QuantizeResult(
         student=student, quantized=chosen_levels, scheme=scheme, layers=layers,
         average_bits=float(sum(q.bits * q.survivors for q in chosen_levels.values()) / max(survivors, 1)),
-        rounded_elements=sum(value.size for value in parameters.values()),
+        rounded_parameter_values=sum(value.size for value in parameters.values()),
         calibration_metric=calibration_metric, fidelity=fidelity, seconds=time.perf_counter() - started,
         settings=settings,
     )

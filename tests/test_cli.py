@@ -99,12 +99,12 @@ def test_quantize_writes_a_model_with_integer_weights(tmp_path):
     stored = {t.name: t.data_type for t in onnx.load(str(output)).graph.initializer}
     assert stored["fc1.weight.quantized"] == onnx.TensorProto.INT8 and "fc1.weight" not in stored
     assert result["settings"]["rounding"] == "feedback" and result["settings"]["mantissa_bits"] == 10  # defaults
-    assert result["rounded_elements"] == 300 + 100 + 10  # the biases
+    assert result["rounded_parameter_values"] == 300 + 100 + 10  # the biases
     nearest = cli("quantize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "--bits", "6", "--scheme", "uniform",
                   "--rounding", "nearest", "--mantissa-bits", "23", "-o", str(tmp_path / "n.onnx"), "--json")
     assert nearest.returncode == 0, nearest.stderr
     assert json.loads(nearest.stdout)["settings"]["rounding"] == "nearest"
-    assert json.loads(nearest.stdout)["rounded_elements"] == 0
+    assert json.loads(nearest.stdout)["rounded_parameter_values"] == 0
 
 
 def test_sparsify_reads_image_folders_with_the_preprocessing_given(tmp_path):

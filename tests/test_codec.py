@@ -217,6 +217,34 @@ def test_rans_round_trips_any_symbols_with_several_models():
 # --- determinism and compatibility ------------------------------------------------------------------------
 
 
+def test_a_dequantized_value_a_subgraph_also_reads_survives_decoding():
+    """The decoder folds Cast + Gather into plain values; a Cast output an If branch reads must stay defined."""
+    branch = helper.make_graph([helper.make_node("Identity", ["wide"], ["z"])], "branch", [],
+                               [helper.make_tensor_value_info("z", TensorProto.INT32, [96])])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["indices"], ["wide"], to=TensorProto.INT32),
+         helper.make_node("Gather", ["table", "wide"], ["w"], axis=0),
+         helper.make_node("Add", ["x", "w"], ["y"]),
+         helper.make_node("If", ["flag"], ["out"], then_branch=branch, else_branch=branch)],
+        "subgraph_reads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [96]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [96]),
+         helper.make_tensor_value_info("out", TensorProto.INT32, [96])],
+        [numpy_helper.from_array(np.arange(96, dtype=np.uint8) % 4, "indices"),
+         numpy_helper.from_array(np.float32([0, 0.5, 1, 1.5]), "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    decoded = onnx_de.decode(onnx_de.encode(model))
+    onnx.checker.check_model(decoded, full_check=True)
+    feeds = {"x": np.ones(96, np.float32), "flag": np.array(True)}
+
+    def outputs(m: onnx.ModelProto) -> list[np.ndarray]:
+        return onnx_de.create_session(onnx_de.load_model(m), optimize=False).run(None, feeds)
+
+    for a, b in zip(outputs(model), outputs(decoded)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_same_model_gives_identical_bytes(small):
     model, payload = small
     assert onnx_de.encode(model) == payload
