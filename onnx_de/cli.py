@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="choose among the mask candidates' refits by K-fold cross-validation on the calibration "
                          "samples, then refit the chosen masks on all of them (default 0: judge each refit on the "
                          "samples it was fitted to)")
+    _add_augment(sp)
     sp.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     sp.add_argument("--checkpoint", type=Path,
                     help="search state file, removed on success (default: OUTPUT.checkpoint.npz)")
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--asymmetric", action="store_true", help="uniform: windows fitted to each range")
     _add_granularity(qz)
     qz.add_argument("--unweighted", action="store_true", help="minimise weight error, not input-weighted error")
+    _add_augment(qz)
     qz.add_argument("--teacher", help="measure fidelity against this model (the original of a sparse student)")
     qz.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     qz.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
@@ -170,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--budget", type=float, metavar="MIN",
                      help="the lowest primary fidelity metric on the calibration data, e.g. 0.98; alone, it "
                           "searches the sparsity and bits")
+    opt.add_argument("--max-sparsity", type=float, metavar="F",
+                     help="with --budget alone: try no sparsity level above F (0: quantization only)")
     opt.add_argument("--scheme", choices=SCHEMES, help="quantization levels (default codebook)")
     opt.add_argument("--entropy-weight", type=float, metavar="W",
                      help="codebooks: trade error for code length in the level fit, e.g. 0.03 (default 0)")
@@ -186,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a container that decodes at zstd's speed, a little larger")
     opt.add_argument("--refits", type=int, metavar="N",
                      help=f"also refit the survivors N times during the search (default {SearchConfig.refits})")
+    _add_augment(opt, defaults=False)
     opt.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     opt.add_argument("--resume", action="store_true", help="continue an interrupted search in OUTPUT")
     opt.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
@@ -464,7 +469,8 @@ def _sparsify(args: argparse.Namespace) -> int:
                       selection=selection, eval_data=eval_data, output=args.output, checkpoint=checkpoint,
                       resume=args.resume, calibration_samples=args.limit, intra_op_threads=args.threads,
                       workers=args.workers, executor=args.executor, device=args.device, mask_candidates=args.mask_candidates,
-                      held_out=args.held_out, mask_folds=args.mask_folds,
+                      held_out=args.held_out, mask_folds=args.mask_folds, augment=args.augment,
+                      augment_shift=args.augment_shift,
                       progress=_progress_line if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         print(file=sys.stderr)
@@ -491,6 +497,14 @@ def _add_rounding(parser: argparse.ArgumentParser, default: str | None = "feedba
                              f"(float16's precision)")
 
 
+def _add_augment(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    parser.add_argument("--augment", type=int, metavar="K", default=0 if defaults else None,
+                        help="add K copies of the calibration images, each sample shifted by a random offset "
+                             "(default 0)")
+    parser.add_argument("--augment-shift", type=int, metavar="PX", default=1 if defaults else None,
+                        help="the largest shift of an augmented copy along each image axis, in pixels (default 1)")
+
+
 def _parse_bits(text: str) -> int | str:
     if text == "auto":
         return text
@@ -509,7 +523,8 @@ def _quantize(args: argparse.Namespace) -> int:
                       teacher=args.teacher, selection=selection, eval_data=eval_data, output=args.output,
                       calibration_samples=args.limit, intra_op_threads=args.threads,
                       layer_bits=_merged(args.layer_bits), entropy_weight=args.entropy_weight,
-                      rounding=args.rounding, mantissa_bits=args.mantissa_bits)
+                      rounding=args.rounding, mantissa_bits=args.mantissa_bits, augment=args.augment,
+                      augment_shift=args.augment_shift)
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -531,7 +546,8 @@ def _optimize(args: argparse.Namespace) -> int:
     for key, values in (("sparsity", _merged(args.per_layer)), ("bits", _merged(args.layer_bits))):
         for name, value in values.items():
             per_layer.setdefault(name, {})[key] = value
-    settings = {"sparsity": args.sparsity, "bits": args.bits, "budget": args.budget, "scheme": args.scheme,
+    settings = {"sparsity": args.sparsity, "max_sparsity": args.max_sparsity, "bits": args.bits,
+                "budget": args.budget, "scheme": args.scheme,
                 "per_channel": args.per_channel, "seed": args.seed, "prior": args.prior,
                 "population": args.population, "pool": args.pool, "survivors": args.survivors,
                 "compensate": args.compensate,
@@ -539,7 +555,7 @@ def _optimize(args: argparse.Namespace) -> int:
                 "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None,
                 "workers": args.workers, "executor": args.executor, "device": args.device,
                 "entropy_weight": args.entropy_weight, "rounding": args.rounding, "refits": args.refits,
-                "mantissa_bits": args.mantissa_bits,
+                "mantissa_bits": args.mantissa_bits, "augment": args.augment, "augment_shift": args.augment_shift,
                 "fast_decode": args.fast_decode}
     if config is None:
         config = OptimizeConfig.from_dict({k: v for k, v in settings.items() if v is not None})

@@ -54,6 +54,8 @@ class OptimizeConfig:
         sparsity: global target fraction of zeros (0: no pruning, quantize and encode only); ``None`` with a
             ``budget``: the sparsity and bits of the smallest container that keeps the budget on held-out
             calibration samples (see ``optimize``).
+        max_sparsity: with a budget alone, the sparsest level the search tries (0: quantization only; ``None``:
+            the whole ladder, see ``optimize``).
         bits: bits per surviving weight (1-8; ``step``: 1-14) or ``auto`` (fewest within ``budget``).
         budget: the lowest primary fidelity metric (top-1 agreement, mask IoU, ...) on the calibration data.
         scheme: ``codebook``, ``uniform`` or ``step`` levels.
@@ -66,6 +68,9 @@ class OptimizeConfig:
         layers: per-layer overrides keyed by exact name or ``re:PATTERN``.
         include, exclude, min_size: which weights are prunable (see :class:`~onnx_de.WeightSelection`).
         calibration_samples: use at most this many calibration samples.
+        augment, augment_shift: add this many copies of the calibration images, each sample shifted by up to
+            ``augment_shift`` pixels, to the data the search, the refits and the quantization fit (never to the
+            samples a budget search holds out); see :func:`~onnx_de.sparsify`.
         threads: ONNX Runtime intra-op threads (per worker).
         workers, executor: score the search's candidates on this many workers: threads of this process
             (``local``) or actors of a Ray cluster (``ray``, ``ray:ADDRESS``); see :func:`~onnx_de.sparsify`.
@@ -79,6 +84,7 @@ class OptimizeConfig:
     """
 
     sparsity: float | None = None
+    max_sparsity: float | None = None
     bits: int | str | None = None
     budget: float | None = None
     scheme: str = "codebook"
@@ -95,6 +101,8 @@ class OptimizeConfig:
     exclude: tuple[str, ...] = ()
     min_size: int = DEFAULT_MIN_SIZE
     calibration_samples: int | None = None
+    augment: int = 0
+    augment_shift: int = 1
     threads: int | None = None
     workers: int = 1
     executor: str = "local"
@@ -115,6 +123,11 @@ class OptimizeConfig:
             raise ConfigError("give a sparsity target, a fidelity budget, or both")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must be at least 0 and below 1, got {self.sparsity}")
+        if self.max_sparsity is not None:
+            if self.sparsity is not None or self.budget is None:
+                raise ConfigError("max_sparsity bounds the search of a budget alone: give a budget and no sparsity")
+            if not 0 <= self.max_sparsity < 1:
+                raise ConfigError(f"max_sparsity must be at least 0 and below 1, got {self.max_sparsity}")
         if self.bits is None:
             self.bits = "auto" if self.budget is not None else 4
         if self.bits == "auto" and self.budget is None:
@@ -141,7 +154,8 @@ class OptimizeConfig:
         """Each setting's type, so that a config file's typo is an error naming the key, not a crash later."""
         number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
         checks = {
-            "sparsity": lambda v: v is None or number(v), "budget": lambda v: v is None or number(v),
+            "sparsity": lambda v: v is None or number(v), "max_sparsity": lambda v: v is None or number(v),
+            "budget": lambda v: v is None or number(v),
             "bits": lambda v: v is None or v == "auto" or is_int(v), "scheme": lambda v: isinstance(v, str),
             "per_channel": lambda v: v is None or isinstance(v, bool), "seed": is_int, "population": is_int,
             "pool": lambda v: number(v) and v >= 1,
@@ -150,6 +164,7 @@ class OptimizeConfig:
             "include": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "exclude": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "min_size": is_int, "calibration_samples": lambda v: v is None or (is_int(v) and v > 0),
+            "augment": lambda v: is_int(v) and v >= 0, "augment_shift": lambda v: is_int(v) and v >= 1,
             "threads": lambda v: v is None or (is_int(v) and v > 0), "workers": is_int,
             "executor": lambda v: isinstance(v, str), "device": lambda v: isinstance(v, str),
             "entropy_weight": lambda v: number(v) and v >= 0, "fast_decode": lambda v: isinstance(v, bool),

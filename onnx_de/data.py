@@ -32,12 +32,14 @@ class Dataset:
 
     ``groups`` gives each sample the integer id of the source it came from (the photo a crop was cut from, the
     font a line was set in): samples of one source are not independent, so :meth:`hold_out` keeps sources whole.
+    ``images`` gives, for flat inputs that hold images, the ``(C, H, W)`` image of one sample (for augmentation).
     """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     name: str = "<data>"
     groups: np.ndarray | None = None
+    images: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         self.labels = None if self.labels is None else np.asarray(self.labels)
@@ -58,7 +60,7 @@ class Dataset:
         """The samples at ``index``: a slice gives views, an integer array copies."""
         labels = None if self.labels is None else self.labels[index]
         groups = None if self.groups is None else self.groups[index]
-        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, name or self.name, groups)
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, name or self.name, groups, self.images)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The inputs, labels and groups keyed as in a ``.npz`` dataset (the inverse of :func:`read_npz`)."""

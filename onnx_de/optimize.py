@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .augment import shifted_copies
 from .codec import decode, encode, inspect_container
 from .config import OptimizeConfig
 from .data import Dataset, load_data
@@ -169,6 +170,7 @@ def optimize(
         sparse, quantized, tried = _smallest_within_budget(teacher, calibration, spec, config, progress, output,
                                                            resume)
     else:
+        calibration = shifted_copies(calibration, config.augment, config.augment_shift, seed=config.seed)
         if not config.prunes:
             sparse = unpruned(teacher)  # quantize and encode only
         else:
@@ -221,7 +223,8 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     """Sparsity levels up a ladder, and settings (scheme and bits) at each, judged on calibration samples.
 
     A quarter of the calibration data is held out (whole source groups where the data has them, see
-    :meth:`Dataset.hold_out`): DE, compensation and quantization never see it, so it shows what the fitted
+    :meth:`Dataset.hold_out`; augmentation shifts copies of the rest only): DE, compensation and quantization
+    never see it, so it shows what the fitted
     student does on samples it was not fitted to. A setting keeps the budget where it holds there and on all
     the calibration samples (the held-out quarter can be too small to judge alone: EfficientNet-Lite0's 16
     held-out crops passed a 7-bit codebook that scored 0.94 on the 48 search crops and 0.86 on the evaluation
@@ -231,7 +234,8 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     fail to raise the lower of the two metrics (the zeros, not the bits, are what loses it there). A level
     whose unquantized student misses the budget keeps nothing (quantization only loses: a quantized setting
     that passes there passed by the luck of the draw). The ladder stops at the first level that keeps
-    nothing (where that is the first sparse level, lighter ones are tried). At the
+    nothing (where that is the first sparse level, lighter ones are tried), and never goes above
+    ``config.max_sparsity`` (lighter levels are tried where no level of the ladder is allowed). At the
     level of the smallest container so far, bits are then also allocated per layer (``bits="auto"``, within
     the budget on the search samples, or halfway to 1 where the held-out samples miss it). Returns the
     sparsify and quantize results of the smallest container that keeps the budget, and every setting tried;
@@ -243,6 +247,7 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
         raise ConfigError(f"a budget search needs at least 8 calibration samples to hold a quarter out, "
                           f"got {len(calibration)}")
     search, check = calibration.hold_out(len(calibration) // 4)
+    search = shifted_copies(search, config.augment, config.augment_shift, seed=config.seed)
     if not resume:  # a level left by an earlier run is never taken for one of this run
         _remove_levels(output)
     depends_on = _fingerprint(teacher, search)
@@ -343,15 +348,17 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
                 return None
         return None
 
+    ceiling = 1.0 if config.max_sparsity is None else config.max_sparsity
+    ladder, lighter = ([level for level in levels if level <= ceiling] for levels in (_BUDGET_LADDER, _BUDGET_LIGHTER))
     fewest = fewest_kept(0.0, None)
     if fewest is not None:
-        climbed = fewest_kept(_BUDGET_LADDER[0], fewest)
+        climbed = fewest_kept(ladder[0], fewest) if ladder else None
         if climbed is None:
-            for level in _BUDGET_LIGHTER:  # stops at the first that keeps
+            for level in lighter:  # stops at the first that keeps
                 if fewest_kept(level, fewest) is not None:
                     break
         else:
-            for level in _BUDGET_LADDER[1:]:
+            for level in ladder[1:]:
                 climbed = fewest_kept(level, climbed)
                 if climbed is None:
                     break  # sparser only loses more

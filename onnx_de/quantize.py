@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .allocation import search_bits
+from .augment import shifted_copies
 from .compensate import LayerInputs, LayerProbe, layer_inputs
 from .config import layer_setting
 from .data import Dataset, load_data
@@ -71,6 +72,8 @@ def quantize(
     entropy_weight: float = 0.0,
     rounding: str = "feedback",
     mantissa_bits: int = PARAMETER_MANTISSA_BITS,
+    augment: int = 0,
+    augment_shift: int = 1,
 ) -> QuantizeResult:
     """Quantize the non-zero prunable weights of ``model`` and export a model with quantized initializers.
 
@@ -117,6 +120,8 @@ def quantize(
             10 (the default): float16's precision, 12% off ppocr-cls's container (its batch normalizations
             are unfolded) and 0.6-3.5% off the other zoo models' at the same evaluation fidelity (7 bits cost
             EfficientNet-Lite0 3 of 64 crops; BENCHMARKS.md); 23 keeps them exact.
+        augment, augment_shift: add this many shifted copies of the calibration images to the calibration data
+            (see :func:`~onnx_de.sparsify`): the input statistics and the budget are taken on them too.
     """
     started = time.perf_counter()
     check_bits(bits, scheme, auto=True)  # and the scheme
@@ -140,6 +145,7 @@ def quantize(
     if reference is not None:
         check_same_interface(reference, student_in)
     calibration = load_data(data, student_in, split="calibration", limit=calibration_samples)
+    calibration = shifted_copies(calibration, augment, augment_shift)
     spec = resolve_metric(metric, student_in, data, model)
     evaluation = evaluation_data(eval_data, data, student_in)
     weights = _quantizable(student_in)
@@ -206,7 +212,8 @@ def quantize(
     }
     settings = {"bits": bits, "budget": budget, "symmetric": symmetric, "per_channel": per_channel,
                 "entropy_weight": entropy_weight, "rounding": rounding, "mantissa_bits": mantissa_bits,
-                "weighted": weighted, "layer_bits": dict(layer_bits or {})}
+                "weighted": weighted, "layer_bits": dict(layer_bits or {}), "augment": augment,
+                "augment_shift": augment_shift}
     return QuantizeResult(
         student=student, quantized=chosen_levels, scheme=scheme, layers=layers,
         average_bits=float(sum(q.bits * q.survivors for q in chosen_levels.values()) / max(survivors, 1)),

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .augment import shifted_copies
 from .compensate import LayerProbe, compensate as compensate_layers, saliency as layer_saliency
 from .data import Dataset, load_data
 from .errors import ConfigError
@@ -50,10 +51,11 @@ class SparsifyResult:
     fidelity: dict | None = None
     seconds: float = 0.0
     stopped: str | None = None
+    augmentation: dict | None = None  # shifted copies of the calibration images: {"copies": K, "shift": pixels}
 
     def to_dict(self) -> dict:
         return {
-            "method": self.method, "config": self.config, "sparsity": self.sparsity,
+            "method": self.method, "config": self.config, "augmentation": self.augmentation, "sparsity": self.sparsity,
             "calibration_divergence": self.divergence, "layers": self.layers, "compensated": self.compensated,
             "masks_from": self.masks_from,
             "trajectory": self.trajectory, "fidelity": self.fidelity, "seconds": self.seconds,
@@ -93,6 +95,8 @@ def sparsify(
     mask_candidates: tuple[str, ...] = tuple(MASK_CANDIDATES),
     held_out: float = 0.0,
     mask_folds: int = 0,
+    augment: int = 0,
+    augment_shift: int = 1,
 ) -> SparsifyResult:
     """Zero a fraction of ``model``'s prunable weights while keeping its outputs close to the original's.
 
@@ -115,6 +119,10 @@ def sparsify(
             regressions; with compensation it judges the refits instead: each layer's refit (and its mask,
             among the candidates) is kept only where it lowers the divergence on samples it was not fitted to.
             ``calibration_divergence`` is then measured on them. 0 (the default): one set for everything.
+        augment: add this many copies of the calibration images, each sample shifted by its own random offset
+            of up to ``augment_shift`` pixels (:mod:`onnx_de.augment`; after ``held_out`` is set aside, which
+            stays unshifted). The search and the refits then fit the teacher on more of the input distribution:
+            lower divergence on unseen data, at about ``augment + 1`` times the search's time.
         selection: which weights are prunable.
         eval_data: data for the reported fidelity (``zoo:NAME`` uses its evaluation split; default: the
             evaluation split of ``data`` when it is ``zoo:NAME``). Never used by the search.
@@ -166,6 +174,7 @@ def sparsify(
         if not 1 <= count < len(calibration):
             raise ConfigError(f"held_out {held_out} of {len(calibration)} calibration samples leaves one side empty")
         calibration, judged = calibration.hold_out(count)
+    calibration = shifted_copies(calibration, augment, augment_shift, seed=config.seed)
     spec = resolve_metric(metric, teacher, data, model)
     evaluation = evaluation_data(eval_data, data, teacher)
     prunable = teacher.prunable
@@ -221,6 +230,7 @@ def sparsify(
             sparsity=overall, divergence=divergence, trajectory=trajectory, compensated=compensated,
             masks_from=masks_from,
             fidelity=fidelity, seconds=time.perf_counter() - started, stopped=stopped,
+            augmentation={"copies": augment, "shift": augment_shift} if augment else None,
         )
 
 

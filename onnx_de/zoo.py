@@ -177,15 +177,18 @@ def load_zoo_split(name: str, split: str) -> Dataset:
 
     entry = zoo_entry(name)
     path = cache_dir() / "data" / f"{name}-v{DATA_VERSION}-{split}.npz"
+    dataset = None
     if path.exists():
         try:
             dataset = read_npz(path)
             dataset.name = f"zoo:{name}/{split}"
-            return dataset
         except DataError:
             log.warning("rebuilding unreadable cached dataset %s", path)
-    dataset = zoo_data.build(entry, split)
-    _save_npz(path, dataset.arrays())
+    if dataset is None:
+        dataset = zoo_data.build(entry, split)
+        _save_npz(path, dataset.arrays())
+    if "image" in entry.data:  # flat inputs that hold images
+        dataset.images = {entry.data["input"]: tuple(entry.data["image"])}
     return dataset
 
 

@@ -61,7 +61,7 @@ def test_demo_writes_its_outputs(tmp_path):
     assert "smaller" in done.stdout and "top1_agreement" in done.stdout
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["sparsity"] == pytest.approx(0.9, abs=1e-3) and report["fidelity"]["top1_agreement"] >= 0.97
-    assert report["sizes"]["ratio"] >= 40  # measured 43.0x (3-bit codebooks, error-feedback rounding)
+    assert report["sizes"]["ratio"] >= 40  # measured 42.6x at 0.983 (3-bit codebooks, 3 shifted copies)
     decoded = onnx_de.decode(tmp_path / "demo" / "model.ode")
     assert onnx_de.evaluate("zoo:mnist-mlp", decoded, "zoo:mnist-mlp")["top1_agreement"] == report["fidelity"]["top1_agreement"]
     assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]  # no temporary leftovers
@@ -71,9 +71,11 @@ def test_optimize_with_a_config_file_and_an_override(tmp_path):
     (tmp_path / "c.toml").write_text("sparsity = 0.8\nbits = 6\n[layers]\n'fc3.weight' = { bits = 8 }\n")
     done = cli("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", str(tmp_path / "out"),
                "--config", str(tmp_path / "c.toml"), "--bits", "5", "--exclude", "fc2.weight", "--no-compensate",
-               "--prior", "activation", "--fast-decode", "--per-layer", "fc3.weight=0.5", "--json")
+               "--prior", "activation", "--fast-decode", "--per-layer", "fc3.weight=0.5", "--augment", "1",
+               "--augment-shift", "2", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
+    assert (report["config"]["augment"], report["config"]["augment_shift"]) == (1, 2)
     assert report["config"]["bits"] == 5 and report["layers"]["fc3.weight"]["bits"] == 8
     assert report["config"]["layers"]["fc3.weight"] == {"bits": 8, "sparsity": 0.5}  # merged with the file's
     assert report["layers"]["fc3.weight"]["sparsity"] == pytest.approx(0.5, abs=0.01)
@@ -143,6 +145,7 @@ def bad_inputs(tmp_path_factory):
     nan = np.zeros((3, 784), np.float32)
     nan[1, 5] = np.nan
     np.savez(folder / "nan.npz", input=nan)
+    np.savez(folder / "flat.npz", input=np.zeros((8, 784), np.float32))
     container = (FIXTURES / "mnist-mlp-de90-q4-v1.ode").read_bytes()
     (folder / "truncated.ode").write_bytes(container[: len(container) // 2])
     damaged = bytearray(container)
@@ -202,6 +205,14 @@ def bad_inputs(tmp_path_factory):
          "give a sparsity target, a fidelity budget, or both"),
         (("optimize", "{bad}/relu.onnx", "--data", "zoo:mnist-mlp", "-o", "{bad}/out", "--sparsity", "0.5"),
          "nothing to prune"),
+        (("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/out", "--sparsity", "0.5",
+          "--budget", "0.9", "--max-sparsity", "0.3"), "max_sparsity bounds the search of a budget alone"),
+        (("sparsify", "zoo:mnist-mlp", "--data", "{bad}/flat.npz", "-o", "{bad}/s.onnx", "--augment", "2"),
+         "augmentation shifts images, and no input is one"),
+        (("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/out", "--sparsity", "0.5",
+          "--augment", "-1"), "config key 'augment'"),
+        (("quantize", "zoo:mnist-lenet5", "--data", "zoo:mnist-lenet5", "-o", "{bad}/q.onnx", "--bits", "4",
+          "--augment", "1", "--augment-shift", "0"), "a shift of at least 1 pixel"),
     ],
 )
 def test_bad_inputs_get_one_line_errors(bad_inputs, args, expected):

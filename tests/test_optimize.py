@@ -69,6 +69,9 @@ def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
     ("sparsity = 0.9\nrounding = 'stochastic'\n", "rounding must be one of feedback, nearest"),
     ("sparsity = 0.9\nmantissa_bits = 24\n", "mantissa bits must be an integer from 0 to 23"),
     ("sparsity = 0.9\nmantissa_bits = 10.5\n", "config key 'mantissa_bits'"),
+    ("budget = 0.9\nmax_sparsity = 1\n", "max_sparsity must be at least 0 and below 1"),
+    ("sparsity = 0.5\nbudget = 0.9\nmax_sparsity = 0.3\n", "give a budget and no sparsity"),
+    ("max_sparsity = 0.3\n", "give a sparsity target, a fidelity budget, or both"),
     ("sparsity = 0.9\n[layers]\n'fc1.weight' = { bits = 12 }\n",
      "layers.fc1.weight.bits must be an integer from 1 to 8"),
     ("sparsity = 0.9\nscheme = 'step'\n[layers]\n'fc1.weight' = { bits = 15 }\n", "from 1 to 14 for step levels"),
@@ -199,6 +202,21 @@ def test_a_budget_alone_picks_the_smallest_container_kept_on_held_out_and_all_ca
     calibration = onnx_de.load_data("zoo:mnist-mlp", result.sparsified.student, split="calibration", limit=96)
     held_out = calibration.hold_out(len(calibration) // 4)[1]
     assert onnx_de.evaluate("zoo:mnist-mlp", result.sparsified.student, held_out)["top1_agreement"] >= 0.97
+
+
+def test_max_sparsity_bounds_the_levels_a_budget_search_tries(tmp_path):
+    # Below the ladder's first sparse level (0.5), only the lighter levels up to the bound are tried.
+    result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, budget=0.97, max_sparsity=0.3, bits=4,
+                      calibration_samples=96)
+    levels = [t["sparsity"] for t in result.tried]
+    assert levels[0] == 0.0 and 0.3 in levels and set(levels) <= {0.0, 0.3, 0.1}
+    assert result.sparsified.config["sparsity"] in (0.0, 0.3)
+    assert result.to_dict()["config"]["max_sparsity"] == 0.3
+    # 0: quantization only.
+    quantized_only = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path / "q", budget=0.97, max_sparsity=0,
+                              calibration_samples=96)
+    assert {t["sparsity"] for t in quantized_only.tried} == {0.0} and quantized_only.sparsified.sparsity == 0
+    assert any(t["allocated"] for t in quantized_only.tried)
 
 
 def test_an_interrupted_budget_search_resumes_from_its_finished_levels(tmp_path):

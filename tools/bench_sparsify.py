@@ -9,7 +9,7 @@ adds the compensation; its seconds are the search's plus the compensation's. Wit
 itself refits the survivors N times, so there is only the DE + compensation row, and the baselines' per-layer
 sparsity is that search's.
 
-    python tools/bench_sparsify.py mnist-mlp:0.9 mnist-lenet5:0.8 mnist-lenet5:0.9
+    python tools/bench_sparsify.py mnist-mlp:0.9 mnist-lenet5:0.8 mnist-lenet5:0.9 [--augment 3]
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from bench_env import header  # noqa: E402
 
 def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None, de_only: bool = False,
         refits: int = 0, allocation_only: bool = False, search: dict | None = None, held_out: float = 0.0,
-        mask_folds: int = 0):
+        mask_folds: int = 0, augment: int = 0):
     """Yield one table row per method and setting, as each finishes."""
     zoo = f"zoo:{name}"
     de = {}
-    options = dict(calibration_samples=limit, intra_op_threads=threads, held_out=held_out)
+    options = dict(calibration_samples=limit, intra_op_threads=threads, held_out=held_out, augment=augment)
+    shifted = [f"{augment} shifted copies"] if augment else []
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         checkpoint = Path(folder) / "search.npz"
         for compensate in (False, True) if not refits else (True,):
@@ -44,7 +45,7 @@ def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int |
             de[compensate] = result
             label = ", ".join(["DE (global)", *[f"{k} {v}" for k, v in (search or {}).items()],
                                *([f"{refits} refits"] if refits else []),
-                               *([f"{held_out:.0%} held out"] if held_out else []),
+                               *([f"{held_out:.0%} held out"] if held_out else []), *shifted,
                                *([f"masks chosen by {mask_folds}-fold cross-validation"] if mask_folds and compensate
                                  else [])])
             yield _row(name, sparsity, label, compensate, result)
@@ -60,7 +61,7 @@ def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int |
                 if allocation_only and "@DE" not in label:
                     continue
                 result = sparsify(zoo, zoo, config=config, method=method, compensate=compensate, **options)
-                yield _row(name, sparsity, label, compensate, result)
+                yield _row(name, sparsity, ", ".join([label, *shifted]), compensate, result)
 
 
 def _row(name, sparsity, label, compensate, result) -> str:
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--mask-folds", type=int, default=0,
                         help="choose among the refits from DE's, magnitude's and Wanda's masks by K-fold "
                              "cross-validation (default 0: on the samples they were fitted to)")
+    parser.add_argument("--augment", type=int, default=0,
+                        help="add this many shifted copies of the calibration images, for every method (default 0)")
     args = parser.parse_args()
     print(header(args.targets), flush=True)
     print()
@@ -96,7 +99,7 @@ def main() -> None:
         name, _, sparsity = target.partition(":")
         search = {k: v for k, v in (("prior", args.prior), ("pool", args.pool)) if v is not None}
         for row in run(name, float(sparsity), args.seed, args.limit, args.threads, args.de_only, args.refits,
-                       args.allocation_only, search, args.held_out, args.mask_folds):
+                       args.allocation_only, search, args.held_out, args.mask_folds, args.augment):
             print(row, flush=True)
 
 
