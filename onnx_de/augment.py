@@ -60,8 +60,7 @@ def shifted_copies(data: Dataset, copies: int, shift: int = 1, seed: int = 0) ->
                 parts.append(values)
                 continue
             images, axes = view
-            moved = _shifted(images, axes, [offsets[i] for i in choice], shift)
-            parts.append(moved.reshape(values.shape))
+            parts.append(_shifted(images, axes, offsets, choice, shift).reshape(values.shape))
         inputs[name] = np.concatenate(parts)
     groups = data.groups if data.groups is not None else np.arange(count)
     labels = None if data.labels is None else np.tile(data.labels, copies + 1)
@@ -78,18 +77,20 @@ def _image_view(name: str, values: np.ndarray, image: tuple[int, ...] | None):
     return None if axes is None or not np.issubdtype(values.dtype, np.floating) else (values, axes)
 
 
-def _shifted(images: np.ndarray, axes: tuple[int, int], offsets: list[tuple[int, int]], shift: int) -> np.ndarray:
-    """Each image moved by its ``(dy, dx)``: content moves down/right for positive offsets, edges repeated."""
+def _shifted(images: np.ndarray, axes: tuple[int, int], offsets: list[tuple[int, int]], choice: np.ndarray,
+             shift: int) -> np.ndarray:
+    """Image ``i`` moved by ``offsets[choice[i]]`` = ``(dy, dx)``: content moves down/right for positive offsets,
+    edges repeated."""
     pad = [(0, 0)] * images.ndim
     for axis in axes:
         pad[axis] = (shift, shift)
     padded = np.pad(images, pad, mode="edge")
     height, width = images.shape[axes[0]], images.shape[axes[1]]
     out = np.empty_like(images)
-    for offset in set(offsets):
-        chosen = np.flatnonzero([o == offset for o in offsets])
+    for index in np.unique(choice):
+        (dy, dx), chosen = offsets[index], np.flatnonzero(choice == index)
         window = [chosen] + [slice(None)] * (images.ndim - 1)
-        window[axes[0]] = slice(shift - offset[0], shift - offset[0] + height)
-        window[axes[1]] = slice(shift - offset[1], shift - offset[1] + width)
+        window[axes[0]] = slice(shift - dy, shift - dy + height)
+        window[axes[1]] = slice(shift - dx, shift - dx + width)
         out[chosen] = padded[tuple(window)]
     return out

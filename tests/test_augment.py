@@ -106,5 +106,5 @@ def test_refitting_on_shifted_copies_lowers_the_divergence_on_unseen_digits():
     assert augmented.augmentation == {"copies": 3, "shift": 1} and plain.augmentation is None
     for name, mask in plain.masks.items():  # the same magnitude masks: only the refit saw more data
         np.testing.assert_array_equal(mask, augmented.masks[name])
-    # Measured: KL 0.0195 -> 0.0185 (and 0.0130 with 8 copies) on the 1000 evaluation digits.
-    assert augmented.fidelity["kl"] < 0.97 * plain.fidelity["kl"]
+    # Measured: KL 0.0195 -> 0.0137 (and 0.0130 with 8 copies) on the 1000 evaluation digits.
+    assert augmented.fidelity["kl"] < 0.85 * plain.fidelity["kl"]

@@ -231,7 +231,7 @@ def test_mask_folds_choose_the_pass_by_samples_its_refit_never_saw(tmp_path):
     assert folds.layers == in_sample.layers
     assert in_sample.masks_from == "wanda" and folds.masks_from in ("search", "magnitude")
     assert folds.divergence > in_sample.divergence  # on the digits they were fitted to, Wanda's refit wins
-    assert folds.fidelity["kl"] < in_sample.fidelity["kl"]  # on unseen digits, DE's
+    assert folds.fidelity["kl"] < in_sample.fidelity["kl"]  # on unseen digits, the pass cross-validation chose
     for bad in ({"mask_folds": 1}, {"mask_folds": -2}, {"mask_folds": 4, "held_out": 0.25},
                 {"mask_folds": 9, "calibration_samples": 8}, {"mask_folds": 4, "compensate": False},
                 {"mask_folds": 4, "method": "magnitude"}):
