@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a container that decodes at zstd's speed, a little larger")
     opt.add_argument("--refits", type=int, metavar="N",
                      help=f"also refit the survivors N times during the search (default {SearchConfig.refits})")
+    opt.add_argument("--mask-folds", type=int, metavar="K",
+                     help="choose among the mask candidates' refits by K-fold cross-validation (default 0)")
     _add_augment(opt, defaults=False)
     opt.add_argument("--eval-data", help="data for the reported fidelity (default: the zoo's evaluation split)")
     opt.add_argument("--resume", action="store_true", help="continue an interrupted search in OUTPUT")
@@ -555,6 +557,7 @@ def _optimize(args: argparse.Namespace) -> int:
                 "threads": args.threads, "calibration_samples": args.limit, "layers": per_layer or None,
                 "workers": args.workers, "executor": args.executor, "device": args.device,
                 "entropy_weight": args.entropy_weight, "rounding": args.rounding, "refits": args.refits,
+                "mask_folds": args.mask_folds,
                 "mantissa_bits": args.mantissa_bits, "augment": args.augment, "augment_shift": args.augment_shift,
                 "fast_decode": args.fast_decode}
     if config is None:

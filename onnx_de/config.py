@@ -65,6 +65,8 @@ class OptimizeConfig:
         population, survivors, prior, pool: Directed-Evolution settings (see :class:`~onnx_de.SearchConfig`).
         compensate: refit surviving weights by least squares after the search.
         refits: with ``compensate``, also refit them this many times during the search, evenly spaced.
+        mask_folds: with ``compensate``, choose among the refits from DE's, magnitude's and Wanda's masks by this
+            many folds of cross-validation (0: by the samples they were fitted to); see :func:`~onnx_de.sparsify`.
         layers: per-layer overrides keyed by exact name or ``re:PATTERN``.
         include, exclude, min_size: which weights are prunable (see :class:`~onnx_de.WeightSelection`).
         calibration_samples: use at most this many calibration samples.
@@ -96,6 +98,7 @@ class OptimizeConfig:
     prior: str = SearchConfig.prior
     compensate: bool = True
     refits: int = SearchConfig.refits
+    mask_folds: int = 0
     layers: dict[str, LayerOverride] = field(default_factory=dict)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -146,6 +149,8 @@ class OptimizeConfig:
         check_mantissa_bits(self.mantissa_bits)
         if self.refits and not self.compensate:
             raise ConfigError("refits need compensation (compensate = true)")
+        if self.mask_folds == 1 or (self.mask_folds and not self.compensate):
+            raise ConfigError(f"mask_folds must be 0 or at least 2, with compensation; got {self.mask_folds}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         self.search()  # validates the search settings
@@ -160,7 +165,8 @@ class OptimizeConfig:
             "per_channel": lambda v: v is None or isinstance(v, bool), "seed": is_int, "population": is_int,
             "pool": lambda v: number(v) and v >= 1,
             "survivors": is_int, "prior": lambda v: isinstance(v, str), "compensate": lambda v: isinstance(v, bool),
-            "refits": lambda v: is_int(v) and v >= 0, "layers": lambda v: isinstance(v, dict),
+            "refits": lambda v: is_int(v) and v >= 0, "mask_folds": lambda v: is_int(v) and v >= 0,
+            "layers": lambda v: isinstance(v, dict),
             "include": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "exclude": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
             "min_size": is_int, "calibration_samples": lambda v: v is None or (is_int(v) and v > 0),

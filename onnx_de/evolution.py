@@ -34,8 +34,8 @@ __all__ = ["SearchConfig", "SearchState", "evolve", "PRIORS"]
 log = logging.getLogger(__name__)
 
 PRIORS = ("uniform", "magnitude", "activation", "hessian")
-CHECKPOINT_VERSION = 3
-READABLE_VERSIONS = (2, 3)  # version 2 predates refits: it has none
+CHECKPOINT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # version 2 predates refits; versions before 4 record no model and data
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ def evolve(
     resume: bool = False,
     progress=None,
     refit: Callable[[dict[str, np.ndarray]], object] | None = None,
+    depends_on: str | None = None,
 ) -> SearchState:
     """Run the DE search on ``scorer.weights`` (edited in place: pruned weights end at exactly zero).
 
@@ -152,6 +153,8 @@ def evolve(
         progress: called with each generation's trajectory record.
         refit: refits ``scorer.weights`` in place for the given masks (zeros stay zero); called
             ``config.refits`` times, evenly spaced on the way to the target. Required when ``config.refits``.
+        depends_on: what the search depends on besides ``config`` (the teacher and data's fingerprint):
+            recorded in the checkpoint, and a resume from a checkpoint that recorded another is refused.
 
     Returns:
         The final :class:`SearchState`.
@@ -162,7 +165,7 @@ def evolve(
     if config.refits and refit is None:
         raise ConfigError("interim refits need the least-squares refit (compensation)")
     milestones = [goal * (i + 1) // (config.refits + 1) for i in range(config.refits)]
-    state = _initial_state(scorer, config, checkpoint if resume else None)
+    state = _initial_state(scorer, config, checkpoint if resume else None, depends_on)
     while state.stopped is None:
         if state.zeros() >= goal:
             state.stopped = "target"
@@ -230,15 +233,16 @@ def evolve(
             log.info("generation %d: sparsity %.4f, divergence %.4g, %.0f candidates/s", state.generation,
                      record["sparsity"], current, record["candidates_per_s"])
         if checkpoint and (state.generation % config.checkpoint_every == 0 or "refit_divergence" in record):
-            save_checkpoint(checkpoint, state, config)
+            save_checkpoint(checkpoint, state, config, depends_on)
     if checkpoint:
-        save_checkpoint(checkpoint, state, config)
+        save_checkpoint(checkpoint, state, config, depends_on)
     return state
 
 
-def _initial_state(scorer: Scorer, config: SearchConfig, checkpoint: Path | None) -> SearchState:
+def _initial_state(scorer: Scorer, config: SearchConfig, checkpoint: Path | None,
+                   depends_on: str | None) -> SearchState:
     if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, config, {n: w.shape for n, w in scorer.weights.items()})
+        state = load_checkpoint(checkpoint, config, {n: w.shape for n, w in scorer.weights.items()}, depends_on)
         for name, mask in state.masks.items():
             if state.weights is not None:  # refit since the teacher: the weights as checkpointed
                 scorer.weights[name][...] = state.weights[name]
@@ -296,11 +300,13 @@ def _adapt(scale: float, per_weight: float, recent: list[float]) -> float:
     return min(scale * 1.25, 1.0)
 
 
-def save_checkpoint(path: Path, state: SearchState, config: SearchConfig) -> None:
-    """Write the search state atomically (masks bit-packed, RNG state, history, config, refit weights)."""
+def save_checkpoint(path: Path, state: SearchState, config: SearchConfig, depends_on: str | None = None) -> None:
+    """Write the search state atomically (masks bit-packed, RNG state, history, config, the model and data's
+    fingerprint ``depends_on``, refit weights)."""
     meta = {
         "version": CHECKPOINT_VERSION,
         "config": config.to_dict(),
+        "depends_on": depends_on,
         "generation": state.generation,
         "scale": state.scale,
         "rng": state.rng.bit_generator.state,
@@ -317,8 +323,10 @@ def save_checkpoint(path: Path, state: SearchState, config: SearchConfig) -> Non
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, config: SearchConfig, shapes: dict[str, tuple]) -> SearchState:
-    """Read a checkpoint written by :func:`save_checkpoint` for the same config and weights."""
+def load_checkpoint(path: Path, config: SearchConfig, shapes: dict[str, tuple],
+                    depends_on: str | None = None) -> SearchState:
+    """Read a checkpoint written by :func:`save_checkpoint` for the same config and weights (and, where both it
+    and ``depends_on`` name one, the same model and data fingerprint)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes())
@@ -333,6 +341,9 @@ def load_checkpoint(path: Path, config: SearchConfig, shapes: dict[str, tuple]) 
         raise ConfigError(f"{path}: the checkpoint was written with other settings; resume with the same ones")
     if {n: tuple(s) for n, s in meta["shapes"].items()} != {n: tuple(s) for n, s in shapes.items()}:
         raise ConfigError(f"{path}: the checkpoint is for other weights")
+    if depends_on is not None and meta.get("depends_on") not in (None, depends_on):
+        raise ConfigError(f"{path}: the checkpoint was searched on another model or other data (or other "
+                          "--limit, --held-out or --augment); resume with the same ones")
     if weights is not None and {n: w.shape for n, w in weights.items()} != {n: tuple(s) for n, s in shapes.items()}:
         raise OnnxDeError(f"{path}: the checkpoint's refit weights do not match its masks")
     masks = {

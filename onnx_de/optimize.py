@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -24,7 +23,7 @@ from .model import Model, load_model
 from .quantize import QuantizeResult, quantize, unquantized, weight_inputs
 from .quantizers import max_bits
 from .report import render_html
-from .sparsify import SparsifyResult, sparsify, student_model, unpruned
+from .sparsify import SparsifyResult, search_fingerprint, sparsify, student_model, unpruned
 from .zoo import open_model, zoo_path
 
 __all__ = ["OUTPUTS", "OptimizeResult", "optimize"]
@@ -76,7 +75,8 @@ class OptimizeResult:
                       "ratio": self.ratio},
             "sparsity": self.sparsified.sparsity, "average_bits": self.quantized.average_bits,
             "rounded_parameter_values": self.quantized.rounded_parameter_values,
-            "stopped": self.sparsified.stopped, "layers": layers, "fidelity": self.fidelity,
+            "stopped": self.sparsified.stopped, "masks_from": self.sparsified.masks_from, "layers": layers,
+            "fidelity": self.fidelity,
             "calibration_metric_after_quantization": self.quantized.calibration_metric,
             "trajectory": self.sparsified.trajectory, "container": self.container, "seconds": self.seconds,
             "budget_search": self.tried, "budget": self.budget_check(),
@@ -177,7 +177,8 @@ def optimize(
             sparse = sparsify(teacher, calibration, config=config.search(), compensate=config.compensate,
                               selection=config.selection, checkpoint=output / CHECKPOINT, resume=resume,
                               intra_op_threads=config.threads, progress=progress, metric=spec,
-                              workers=config.workers, executor=config.executor, device=config.device)
+                              workers=config.workers, executor=config.executor, device=config.device,
+                              mask_folds=config.mask_folds)
         quantized = quantize(sparse.student, calibration, bits=config.bits, budget=config.budget,
                              scheme=config.scheme, per_channel=config.per_channel, teacher=teacher,
                              selection=config.selection,
@@ -250,7 +251,8 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
     search = shifted_copies(search, config.augment, config.augment_shift, seed=config.seed)
     if not resume:  # a level left by an earlier run is never taken for one of this run
         _remove_levels(output)
-    depends_on = _fingerprint(teacher, search)
+    depends_on = search_fingerprint(teacher, search)
+    refit = {"compensate": config.compensate, "mask_folds": config.mask_folds}  # what the levels' refits did
     started = time.perf_counter()
     settings = _budget_settings(config)
     tried = []
@@ -303,14 +305,16 @@ def _smallest_within_budget(teacher: Model, calibration: Dataset, spec, config: 
         if level == 0:
             sparse = unpruned(teacher)
         elif resume and saved.exists():
-            sparse = _load_level(saved, teacher, {"config": config.search(level).to_dict(), "depends_on": depends_on})
+            sparse = _load_level(saved, teacher, {"config": config.search(level).to_dict(), "depends_on": depends_on,
+                                                 "refit": refit})
             log.info("budget search: sparsity %.2f: the student of the interrupted run (%s)", level, saved.name)
         else:
             sparse = sparsify(teacher, search, config=config.search(level), compensate=config.compensate,
                               selection=config.selection, intra_op_threads=config.threads, metric=spec,
                               progress=progress, workers=config.workers, executor=config.executor,
-                              device=config.device, checkpoint=checkpoint, resume=resume)
-            _save_level(saved, sparse, depends_on)
+                              device=config.device, checkpoint=checkpoint, resume=resume,
+                              mask_folds=config.mask_folds)
+            _save_level(saved, sparse, depends_on, refit)
             checkpoint.unlink(missing_ok=True)  # the level is finished: its search has nothing left to resume
         if level:  # quantization only loses: a quantized student that beats its float one was a lucky draw
             ceiling = evaluate(teacher, sparse.student, check, metric=spec, intra_op_threads=config.threads)
@@ -386,21 +390,13 @@ def _remove_levels(output: Path) -> None:
         path.unlink()
 
 
-def _fingerprint(teacher: Model, data: Dataset) -> str:
-    """What a budget level's search depends on besides its settings: the teacher and the search samples."""
-    digest = hashlib.sha256(teacher.serialized())
-    for name in sorted(data.inputs):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(data.inputs[name]).tobytes())
-    return digest.hexdigest()
-
-
-def _save_level(path: Path, sparse: SparsifyResult, depends_on: str) -> None:
-    """Write a budget level's sparsify result (its pruned weights, masks and record) atomically, for a resume."""
+def _save_level(path: Path, sparse: SparsifyResult, depends_on: str, refit: dict) -> None:
+    """Write a budget level's sparsify result (its pruned weights, masks and record, with the model and data's
+    fingerprint ``depends_on`` and the ``refit`` settings) atomically, for a resume."""
     names = sorted(sparse.masks)
     arrays = {f"weight_{i}": sparse.student.initializer(name) for i, name in enumerate(names)}
     arrays.update({f"mask_{i}": sparse.masks[name] for i, name in enumerate(names)})
-    record = {"names": names, "depends_on": depends_on, **sparse.to_dict()}
+    record = {"names": names, "depends_on": depends_on, "refit": refit, **sparse.to_dict()}
     buffer = io.BytesIO()
     np.savez(buffer, record=np.array(json.dumps(record)), **arrays)
     atomic_write_bytes(path, buffer.getvalue())
@@ -408,7 +404,8 @@ def _save_level(path: Path, sparse: SparsifyResult, depends_on: str) -> None:
 
 def _load_level(path: Path, teacher: Model, expected: dict) -> SparsifyResult:
     """The sparsify result :func:`_save_level` wrote, its student rebuilt from ``teacher``; ``expected``: the
-    record's ``config`` (:meth:`SearchConfig.to_dict`) and ``depends_on`` (:func:`_fingerprint`) must match."""
+    record's ``config`` (:meth:`SearchConfig.to_dict`), ``depends_on`` (:func:`search_fingerprint`) and
+    ``refit`` settings must match."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             record = json.loads(str(archive["record"]))

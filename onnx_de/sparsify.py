@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from contextlib import closing, nullcontext
@@ -26,7 +27,7 @@ from .runtime import resolve_device
 from .scoring import Scorer
 from .zoo import open_model
 
-__all__ = ["METHODS", "SparsifyResult", "sparsify", "student_model", "unpruned"]
+__all__ = ["METHODS", "SparsifyResult", "search_fingerprint", "sparsify", "student_model", "unpruned"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,16 @@ def student_model(teacher: Model, weights: dict[str, np.ndarray]) -> Model:
         if tensor.name in weights:
             proto.graph.initializer[index].CopyFrom(numpy_helper.from_array(weights[tensor.name], tensor.name))
     return Model(proto, teacher.source, teacher.inputs, teacher.outputs, teacher.weights, teacher.folded_constants)
+
+
+def search_fingerprint(teacher: Model, data: Dataset) -> str:
+    """What a search depends on besides its settings: the teacher and the samples it is scored on (a checkpoint
+    or a budget level records it, and a resume with another model or other data is refused)."""
+    digest = hashlib.sha256(teacher.serialized())
+    for name in sorted(data.inputs):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(data.inputs[name]).tobytes())
+    return digest.hexdigest()
 
 
 def sparsify(
@@ -190,7 +201,8 @@ def sparsify(
         if method == "de":
             state = evolve(scorer, config, importance, checkpoint=Path(checkpoint) if checkpoint else None,
                            resume=resume, progress=progress,
-                           refit=lambda current: compensate_layers(scorer, probe, current))
+                           refit=lambda current: compensate_layers(scorer, probe, current),
+                           depends_on=search_fingerprint(teacher, calibration) if checkpoint else None)
             masks, trajectory, stopped = state.masks, state.trajectory, state.stopped
         else:
             masks = prune_by_saliency(importance, config)

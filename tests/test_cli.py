@@ -211,6 +211,8 @@ def bad_inputs(tmp_path_factory):
          "augmentation shifts images, and no input is one"),
         (("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/out", "--sparsity", "0.5",
           "--augment", "-1"), "config key 'augment'"),
+        (("optimize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", "{bad}/out", "--sparsity", "0.5",
+          "--mask-folds", "1"), "mask_folds must be 0 or at least 2, with compensation"),
         (("quantize", "zoo:mnist-lenet5", "--data", "zoo:mnist-lenet5", "-o", "{bad}/q.onnx", "--bits", "4",
           "--augment", "1", "--augment-shift", "0"), "a shift of at least 1 pixel"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ CONFIG = """
 sparsity = 0.9
 bits = 4
 seed = 3
+mask_folds = 3
 rounding = "nearest"
 mantissa_bits = 12
 
@@ -39,6 +41,7 @@ def test_config_round_trips_through_json_and_toml(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(config.to_dict()))
     assert load_config(tmp_path / "c.json") == config
     assert config.seed == 3 and config.bits == 4 and config.rounding == "nearest" and config.mantissa_bits == 12
+    assert config.mask_folds == 3
 
 
 def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
@@ -64,6 +67,9 @@ def test_exact_names_win_over_patterns_and_the_first_pattern_wins():
     ("sparsity = 0.9\n[layers]\n'fc1.weight' = { sparsity = 'half' }\n", "layers.fc1.weight.sparsity"),
     ("sparsity = 0.9\nlayers = 3\n", "config key 'layers'"),
     ("sparsity = 0.9\nrefits = 2\ncompensate = false\n", "refits need compensation"),
+    ("sparsity = 0.9\nmask_folds = 1\n", "mask_folds must be 0 or at least 2"),
+    ("sparsity = 0.9\nmask_folds = 3\ncompensate = false\n", "mask_folds must be 0 or at least 2, with compensation"),
+    ("sparsity = 0.9\nmask_folds = -2\n", "config key 'mask_folds'"),
     ("sparsity = 0.9\npool = 0.5\n", "config key 'pool'"),
     ("sparsity = 0.9\nfast_decode = 'yes'\n", "config key 'fast_decode'"),
     ("sparsity = 0.9\nrounding = 'stochastic'\n", "rounding must be one of feedback, nearest"),
@@ -237,6 +243,8 @@ def test_an_interrupted_budget_search_resumes_from_its_finished_levels(tmp_path)
                                                      f"{LEVEL_PREFIX}{second:g}.checkpoint.npz"]
     with pytest.raises(ConfigError, match="searched with other settings, model or data"):  # not silently reused
         optimize("zoo:mnist-mlp", "zoo:mnist-mlp", cut, resume=True, seed=5, **settings)
+    with pytest.raises(ConfigError, match="searched with other settings, model or data"):  # another refit
+        optimize("zoo:mnist-mlp", "zoo:mnist-mlp", cut, resume=True, mask_folds=2, **settings)
     generations = []
     resumed = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", cut, resume=True,
                        progress=lambda record: generations.append(record["generation"]), **settings)
@@ -244,6 +252,16 @@ def test_an_interrupted_budget_search_resumes_from_its_finished_levels(tmp_path)
     assert resumed.tried == whole.tried
     assert (cut / "model.ode").read_bytes() == (tmp_path / "whole" / "model.ode").read_bytes()
     assert sorted(p.name for p in cut.iterdir()) == sorted(OUTPUTS)  # the levels' files are gone
+
+
+def test_mask_folds_choose_the_refit_in_the_pipeline(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="onnx_de.compensate")
+    result = optimize("zoo:mnist-mlp", "zoo:mnist-mlp", tmp_path, sparsity=0.9, bits=4, mask_folds=3,
+                      calibration_samples=192)
+    assert "refits judged on held-out folds" in caplog.text  # the passes were compared by cross-validation
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["config"]["mask_folds"] == 3
+    assert report["masks_from"] == result.sparsified.masks_from in ("search", "magnitude", "wanda")
 
 
 def test_resuming_with_nothing_to_resume_says_so_and_runs_from_the_start(tmp_path, caplog):

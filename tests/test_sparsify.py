@@ -145,6 +145,19 @@ def test_interim_refits_resume_to_the_same_masks_and_weights(tmp_path):
         sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", compensate=False, **options)
 
 
+def test_a_checkpoint_is_not_resumed_on_other_data(tmp_path):
+    checkpoint = tmp_path / "state.npz"
+    options = dict(config=SearchConfig(sparsity=0.3), eval_data=None, mask_candidates=(), checkpoint=checkpoint)
+    first = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", calibration_samples=64, **options)
+    assert checkpoint.exists()  # no output written: the checkpoint stays
+    for other in (dict(calibration_samples=63), dict(calibration_samples=64, augment=1),
+                  dict(calibration_samples=64, held_out=0.25)):
+        with pytest.raises(ConfigError, match="another model or other data"):
+            sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", resume=True, **other, **options)
+    again = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", calibration_samples=64, resume=True, **options)
+    assert again.trajectory == first.trajectory  # the same data: the finished search is taken as it was
+
+
 def test_bad_targets_are_config_errors():
     with pytest.raises(ConfigError, match="sparsity"):
         SearchConfig(sparsity=1.2)
