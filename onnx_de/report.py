@@ -28,6 +28,7 @@ def render_html(report: dict) -> str:
                 ("container (.ode)", f"{sizes['container']:,} bytes: {sizes['ratio']:.1f}x smaller"),
                 ("sparsity", f"{report['sparsity']:.4f}" + (" (stopped by the budget)"
                                                            if report.get("stopped") == "budget" else "")),
+                *_refit(report.get("masks_from")),
                 ("bits per surviving weight", f"{report['average_bits']:.2f}"), *_budget(report.get("budget"))]),
         "<h2>Fidelity on the evaluation split (model decoded from the container)</h2>",
         _fidelity(report.get("fidelity")),
@@ -38,6 +39,14 @@ def render_html(report: dict) -> str:
         "<p class='note'>Numbers: report.json beside this file.</p></body></html>",
     ]
     return "\n".join(parts)
+
+
+def _refit(masks_from: str | None) -> list[tuple[str, str]]:
+    if not masks_from:
+        return []
+    source = ("the search's own masks" if masks_from == "search"
+              else f"{masks_from}'s masks at the search's per-layer sparsity")
+    return [("zeros and refit", f"{source} (the least-squares refit pass kept)")]
 
 
 def _budget(check: dict | None) -> list[tuple[str, str]]:

@@ -262,6 +262,7 @@ def test_mask_folds_choose_the_refit_in_the_pipeline(tmp_path, caplog):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["config"]["mask_folds"] == 3
     assert report["masks_from"] == result.sparsified.masks_from in ("search", "magnitude", "wanda")
+    assert "(the least-squares refit pass kept)" in (tmp_path / "report.html").read_text()
 
 
 def test_resuming_with_nothing_to_resume_says_so_and_runs_from_the_start(tmp_path, caplog):
