@@ -52,7 +52,8 @@ class SearchConfig:
         pool: candidates are drawn from the ``pool`` x ``k`` least salient survivors of a layer.
         layer_step: a candidate takes at most this fraction of its layer's survivors.
         prior: ``uniform`` (the paper), ``magnitude`` (|w|), ``activation`` (|w| x ||x||, Wanda-style) or
-            ``hessian`` (w^2 x ||x||^2, the diagonal Gauss-Newton saliency).
+            ``hessian`` (w^2 x ||x||^2, the diagonal Gauss-Newton saliency: the square of ``activation``, so
+            the same order within a layer and the same draws; kept for the name).
         max_layer_sparsity: no layer is pruned beyond this under a global target.
         seed: random seed; the same seed, data and model give identical masks.
         checkpoint_every: generations between checkpoints.

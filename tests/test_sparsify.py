@@ -67,13 +67,25 @@ def test_pruned_weights_are_exactly_zero_in_the_written_model(mlp90):
 
 
 def test_de_beats_magnitude_pruning_at_the_same_per_layer_sparsity():
-    # Measured margin: 0.9 points of agreement (0.915 vs 0.906); the goal of 5 points is not met.
+    # At DE's own allocation. Measured margin: 0.9-1.0 points of agreement (0.915-0.920 against 0.906-0.910 on
+    # two CPUs); 5 points are not reached here (the next test: with every layer at the target they are).
     de = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=SearchConfig(sparsity=0.9), compensate=False)
     allocation = {name: layer["sparsity"] for name, layer in de.layers.items()}
     magnitude = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", method="magnitude", compensate=False,
                          config=SearchConfig(sparsity=0.9, per_layer=allocation))
     assert magnitude.layers == de.layers
     assert de.fidelity["top1_agreement"] > magnitude.fidelity["top1_agreement"] + 0.005
+
+
+def test_de_beats_magnitude_pruning_by_five_points_with_every_layer_at_the_target():
+    # The paper's per-layer mode: both prune each layer to 90%, so only the choice of weights differs.
+    # Measured: 0.551 against 0.399 (seeds 1 and 2: 0.562, 0.534).
+    config = SearchConfig(per_layer={"re:.*": 0.9})
+    de = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=config, compensate=False)
+    magnitude = sparsify("zoo:mnist-mlp", "zoo:mnist-mlp", config=config, method="magnitude", compensate=False)
+    assert magnitude.layers == de.layers
+    assert all(layer["sparsity"] == pytest.approx(0.9, abs=1e-3) for layer in de.layers.values())
+    assert de.fidelity["top1_agreement"] > magnitude.fidelity["top1_agreement"] + 0.05
 
 
 def test_same_seed_same_masks_other_seed_other_masks():

@@ -7,9 +7,10 @@ comparison is at equal per-layer sparsity. Prints a Markdown table (paste into B
 DE with compensation resumes DE's own final checkpoint (same seed and settings, so the same masks) and only
 adds the compensation; its seconds are the search's plus the compensation's. With ``--refits N`` the search
 itself refits the survivors N times, so there is only the DE + compensation row, and the baselines' per-layer
-sparsity is that search's.
+sparsity is that search's. With ``--uniform`` every method prunes each layer to the target (the paper's
+per-layer mode, ``--per-layer re:.*=SPARSITY``), so all rows share one per-layer sparsity by construction.
 
-    python tools/bench_sparsify.py mnist-mlp:0.9 mnist-lenet5:0.8 mnist-lenet5:0.9 [--augment 3]
+    python tools/bench_sparsify.py mnist-mlp:0.9 mnist-lenet5:0.8 mnist-lenet5:0.9 [--augment 3] [--uniform]
 """
 
 from __future__ import annotations
@@ -28,22 +29,24 @@ from bench_env import header  # noqa: E402
 
 def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int | None, de_only: bool = False,
         refits: int = 0, allocation_only: bool = False, search: dict | None = None, held_out: float = 0.0,
-        mask_folds: int = 0, augment: int = 0):
+        mask_folds: int = 0, augment: int = 0, uniform: bool = False):
     """Yield one table row per method and setting, as each finishes."""
     zoo = f"zoo:{name}"
+    targets = dict(sparsity=sparsity, per_layer={"re:.*": sparsity} if uniform else {})
     de = {}
     options = dict(calibration_samples=limit, intra_op_threads=threads, held_out=held_out, augment=augment)
     shifted = [f"{augment} shifted copies"] if augment else []
     with tempfile.TemporaryDirectory(prefix="onnx-de-bench-") as folder:
         checkpoint = Path(folder) / "search.npz"
         for compensate in (False, True) if not refits else (True,):
-            config = SearchConfig(sparsity=sparsity, seed=seed, refits=refits, **(search or {}))
+            config = SearchConfig(**targets, seed=seed, refits=refits, **(search or {}))
             result = sparsify(zoo, zoo, config=config, compensate=compensate, checkpoint=checkpoint,
                               resume=compensate, mask_folds=mask_folds if compensate else 0, **options)
             if compensate and not refits:
                 result.seconds += de[False].seconds
             de[compensate] = result
-            label = ", ".join(["DE (global)", *[f"{k} {v}" for k, v in (search or {}).items()],
+            label = ", ".join(["DE (each layer)" if uniform else "DE (global)",
+                               *[f"{k} {v}" for k, v in (search or {}).items()],
                                *([f"{refits} refits"] if refits else []),
                                *([f"{held_out:.0%} held out"] if held_out else []), *shifted,
                                *([f"masks chosen by {mask_folds}-fold cross-validation"] if mask_folds and compensate
@@ -55,10 +58,11 @@ def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int |
     for method in ("magnitude", "wanda"):
         for compensate in (False, True):
             for label, config in (
-                (f"{method} (global)", SearchConfig(sparsity=sparsity, seed=seed)),
-                (f"{method}@DE per-layer", SearchConfig(sparsity=sparsity, per_layer=allocation, seed=seed)),
+                ((f"{method} (each layer)", SearchConfig(**targets, seed=seed)),) if uniform else (
+                    (f"{method} (global)", SearchConfig(sparsity=sparsity, seed=seed)),
+                    (f"{method}@DE per-layer", SearchConfig(sparsity=sparsity, per_layer=allocation, seed=seed)))
             ):
-                if allocation_only and "@DE" not in label:
+                if allocation_only and "(global)" in label:
                     continue
                 result = sparsify(zoo, zoo, config=config, method=method, compensate=compensate, **options)
                 yield _row(name, sparsity, ", ".join([label, *shifted]), compensate, result)
@@ -90,6 +94,9 @@ def main() -> None:
                              "cross-validation (default 0: on the samples they were fitted to)")
     parser.add_argument("--augment", type=int, default=0,
                         help="add this many shifted copies of the calibration images, for every method (default 0)")
+    parser.add_argument("--uniform", action="store_true",
+                        help="every method prunes each layer to the target (the paper's per-layer mode) instead of "
+                             "one global target")
     args = parser.parse_args()
     print(header(args.targets), flush=True)
     print()
@@ -99,7 +106,8 @@ def main() -> None:
         name, _, sparsity = target.partition(":")
         search = {k: v for k, v in (("prior", args.prior), ("pool", args.pool)) if v is not None}
         for row in run(name, float(sparsity), args.seed, args.limit, args.threads, args.de_only, args.refits,
-                       args.allocation_only, search, args.held_out, args.mask_folds, args.augment):
+                       args.allocation_only, search, args.held_out, args.mask_folds, args.augment,
+                       args.uniform):
             print(row, flush=True)
 
 
