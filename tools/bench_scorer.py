@@ -15,11 +15,17 @@ per invocation to read it per model.
 
     python tools/bench_scorer.py mnist-mlp efficientnet-lite0 --generations 3
     python tools/bench_scorer.py ppocr-det --device cuda     # every session on the GPU (onnxruntime-gpu)
+    python tools/bench_scorer.py ppocr-det --layers          # per layer: what one candidate costs, and why
+
+With ``--layers`` it prints instead, per prunable layer, the chance a search draws it, the nodes its partial
+run executes, and the milliseconds of one candidate (1% of its elements) against a full run of the same
+Scorer: where a model's candidate time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import tempfile
@@ -98,6 +104,43 @@ def measure(name: str, generations: int, samples: int | None, device: str) -> st
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
+def per_layer(name: str, repeats: int, samples: int | None, device: str) -> list[str]:
+    """One row per prunable layer: draw chance, partial-run nodes, candidate and full-run milliseconds."""
+    model = onnx_de.open_model(f"zoo:{name}")
+    data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
+    names = [w.name for w in model.prunable]
+    sizes = np.array([w.size for w in model.prunable], dtype=np.float64)
+    scorer = Scorer(model, data, names, resolve_metric(None, model, f"zoo:{name}"), device=device)
+    scorer.refresh(set(names))
+    rng = np.random.default_rng(0)
+    candidates = {n: rng.choice(int(s), max(1, int(s) // 100), replace=False) for n, s in zip(names, sizes)}
+    for layer in names:  # untimed: builds each layer's session and its first-run memory
+        scorer.score(layer, candidates[layer])
+
+    def milliseconds(run) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return 1000 * float(np.median(times))
+
+    before = milliseconds(scorer.student_outputs)
+    chances = sizes / sizes.sum()
+    costs = [milliseconds(functools.partial(scorer.score, layer, candidates[layer])) for layer in names]
+    full = (before + milliseconds(scorer.student_outputs)) / 2  # timed before and after the layers: drift
+    nodes = len(scorer._runtime.proto.graph.node)
+    rows = [f"| {name} | {layer} | {int(size):,} | {chance:.3f} | "
+            f"{len(scorer._downstream[layer].nodes) if scorer.partial else nodes} | {cost:.1f} | {cost / full:.2f} |"
+            for layer, size, chance, cost in zip(names, sizes, chances, costs)]
+    expected = float(np.dot(chances, costs))
+    rows.append(f"| {name} | **expected per candidate (chance-weighted)** | {int(sizes.sum()):,} | 1 | | "
+                f"**{expected:.1f}** | **{expected / full:.2f}** |")
+    rows.append(f"| {name} | full run of the Scorer's graph (mean of before and after) | | | {nodes} | "
+                f"{full:.1f} | 1.00 |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
@@ -105,9 +148,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, help="calibration samples (default: the whole split)")
     parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="where every session runs (auto: the GPU where there is one)")
+    parser.add_argument("--layers", action="store_true",
+                        help="per layer: draw chance, partial-run nodes, ms per candidate against a full run")
+    parser.add_argument("--repeats", type=int, default=5, help="--layers: timed runs per layer (median)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(header(args.models), flush=True)
+    if args.layers:
+        columns = ["model", "layer", "elements", "chance drawn", "nodes run", "ms per candidate",
+                   "candidate / full run"]
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "---|" * len(columns))
+        for name in args.models:
+            print("\n".join(per_layer(name, args.repeats, args.samples, device)), flush=True)
+        return
     columns = ["model", "batch", "plain forward/s", *(f"candidates/s ({label})" for label in CONFIGURATIONS),
                "naive (new session) candidates/s", "partial / plain", "partial / naive", "peak RSS so far, GiB"]
     print("| " + " | ".join(columns) + " |")
