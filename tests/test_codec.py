@@ -170,6 +170,33 @@ def test_sparse_float_weights_cost_a_mask_plus_their_survivors():
     assert fc1["bytes"] < 0.1 * weight.nbytes
 
 
+def test_tensors_of_one_value_round_trip_and_cost_no_symbol_bits():
+    """A tensor whose elements are all one value (a constant bias, a weight pruned to nothing) has a table that
+    gives one symbol all of 2**16: coded in no bits (the coder itself refuses a certain symbol)."""
+    edited = onnx.ModelProto()
+    edited.CopyFrom(onnx_de.open_model("zoo:mnist-mlp").proto)
+    constant = {"fc1.bias": np.zeros(300, np.float32), "fc2.bias": np.full(100, 0.25, np.float32),
+                "fc2.weight": np.zeros((100, 300), np.float32)}
+    for tensor in edited.graph.initializer:
+        if tensor.name in constant:
+            tensor.CopyFrom(numpy_helper.from_array(constant[tensor.name], tensor.name))
+    model = onnx_de.open_model(edited)
+    x = onnx_de.load_data("zoo:mnist-mlp", model, limit=8).inputs["input"]
+    expected = onnx_de.create_session(model).run(None, {"input": x})[0]
+    for fast_decode in (False, True):
+        payload = onnx_de.encode(edited, fast_decode=fast_decode)
+        assert_same_model(edited, onnx_de.decode(payload, dense=False))
+        np.testing.assert_array_equal(onnx_de.InferenceSession(payload).run(None, {"input": x})[0], expected)
+    tensors = {t["name"]: t for t in onnx_de.inspect_container(onnx_de.encode(edited))["tensors"]}
+    assert all(tensors[name]["bytes"] <= 16 for name in constant)
+    certain = np.array([[rans.TOTAL, 0, 0], [100, 65336, 100]])
+    models = np.array([0, 1, 0, 1, 1, 0])
+    symbols = np.array([0, 1, 0, 2, 1, 0])
+    assert rans.encode(np.zeros(50, np.int64), certain[0]) == b""
+    assert (rans.decode(b"", 50, certain[0]) == 0).all()
+    assert (rans.decode(rans.encode(symbols, certain, models), 6, certain, models) == symbols).all()
+
+
 def test_dense_float_models_round_trip_bit_exactly():
     model = onnx_de.open_model("zoo:efficientnet-lite0").proto
     assert_same_model(model, onnx_de.decode(onnx_de.encode(model), dense=False))

@@ -69,7 +69,8 @@ def encode(symbols: np.ndarray, frequencies: np.ndarray, models: np.ndarray | No
 
     ``models`` gives each symbol's table row (needed with several rows); the symbols of row 0 are then coded
     first, in order, then those of row 1, and so on, each group with one fixed table (the coder's fast path).
-    Returns the compressed words as little-endian uint32.
+    A table that gives one symbol all of ``2**16`` codes its symbols in no bits (no words: the coder cannot
+    take a certain symbol). Returns the compressed words as little-endian uint32.
     """
     symbols = np.asarray(symbols).reshape(-1).astype(np.int32)
     table = np.atleast_2d(np.asarray(frequencies, dtype=np.int64))
@@ -80,6 +81,8 @@ def encode(symbols: np.ndarray, frequencies: np.ndarray, models: np.ndarray | No
     groups = np.split(symbols[order], np.cumsum(np.bincount(rows, minlength=table.shape[0]))[:-1])
     coder = constriction.stream.stack.AnsCoder()
     for row in reversed(range(table.shape[0])):  # a stack: what is decoded last goes in first
+        if _certain(table[row]) is not None:
+            continue  # one symbol holds the whole table: its symbols take no bits
         for start in reversed(range(0, groups[row].size, _CHUNK)):
             coder.encode_reverse(groups[row][start : start + _CHUNK], _model(table[row]))
     return coder.get_compressed().astype("<u4").tobytes()
@@ -107,6 +110,11 @@ def decode(stream: bytes | memoryview, count: int, frequencies: np.ndarray,
         coder = constriction.stream.stack.AnsCoder(words)
         start = 0
         for row, size in enumerate(np.bincount(rows, minlength=table.shape[0])):
+            certain = _certain(table[row])
+            if certain is not None:
+                grouped[start : start + size] = certain
+                start += size
+                continue
             model = _model(table[row])
             for chunk in range(start, start + size, _CHUNK):
                 end = min(chunk + _CHUNK, start + size)
@@ -128,6 +136,12 @@ def _grouping(rows: np.ndarray, tables: int) -> np.ndarray:
     if tables <= 256:
         rows = rows.astype(np.uint8)  # numpy sorts small integers stably by radix: several times faster
     return np.argsort(rows, kind="stable")
+
+
+def _certain(frequencies: np.ndarray) -> int | None:
+    """The symbol a table gives all ``2**16`` (a certain symbol, coded in no bits), or ``None``."""
+    certain = int(np.argmax(frequencies))
+    return certain if frequencies[certain] == TOTAL else None
 
 
 def _model(frequencies: np.ndarray):
