@@ -393,7 +393,9 @@ def pruners(case: Case) -> dict[str, object]:
         case.skipped["wanda, sparsegpt"] = f"onnxsim not installed ({e})"
         return found
     calibration = case.splits["calibration"]
-    batches = [{k: v[i : i + 64] for k, v in calibration.inputs.items()} for i in range(0, len(calibration), 64)]
+    fixed = {s.shape[0] for s in case.teacher.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    size = min(fixed) if fixed else 64  # a model with a fixed batch (ddddocr-det: 1) gets batches of that size
+    batches = [{k: v[i : i + size] for k, v in calibration.inputs.items()} for i in range(0, len(calibration), size)]
     providers = ["CPUExecutionProvider"]
     found["wanda"] = lambda proto, level: pruning.apply_wanda_pruning(
         proto, calibration_data=batches, sparsity=level, providers=providers)
