@@ -138,6 +138,7 @@ class Case:
     spec: object
     reference: dict[str, list[np.ndarray]]
     threads: int | None
+    fixed_batch: int | None = None  # the teacher's fixed batch size, if it has one
     points: list[Point] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -182,7 +183,7 @@ def open_case(name: str, threads: int | None) -> Case:
     session = onnx_de.runtime.create_session(teacher, intra_op_threads=threads)
     reference = {split: onnx_de.runtime.run_model(session, data) for split, data in splits.items()}
     return Case(name, teacher, zoo_path(name).stat().st_size, splits, resolve_metric(None, teacher, zoo),
-                reference, threads)
+                reference, threads, onnx_de.runtime.fixed_batch(session))
 
 
 # ---------------------------------------------------------------- onnx-de
@@ -393,8 +394,7 @@ def pruners(case: Case) -> dict[str, object]:
         case.skipped["wanda, sparsegpt"] = f"onnxsim not installed ({e})"
         return found
     calibration = case.splits["calibration"]
-    fixed = {s.shape[0] for s in case.teacher.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-    size = min(fixed) if fixed else 64  # a model with a fixed batch (ddddocr-det: 1) gets batches of that size
+    size = case.fixed_batch or 64  # a model with a fixed batch (ddddocr-det: 1) gets batches of that size
     batches = [{k: v[i : i + size] for k, v in calibration.inputs.items()} for i in range(0, len(calibration), size)]
     providers = ["CPUExecutionProvider"]
     found["wanda"] = lambda proto, level: pruning.apply_wanda_pruning(

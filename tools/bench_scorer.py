@@ -54,6 +54,11 @@ CONFIGURATIONS = {
 }
 
 
+def one_percent(rng: np.random.Generator, size: float) -> np.ndarray:
+    """A candidate: 1% of a layer's ``size`` elements (at least one), flat indices drawn without replacement."""
+    return rng.choice(int(size), max(1, int(size) // 100), replace=False)
+
+
 def measure(name: str, generations: int, samples: int | None, device: str) -> str:
     model = onnx_de.open_model(f"zoo:{name}")
     data = onnx_de.load_data(f"zoo:{name}", model, limit=samples)
@@ -65,7 +70,7 @@ def measure(name: str, generations: int, samples: int | None, device: str) -> st
 
     def draw(rng, layers_drawn: str):
         layers = rng.choice(len(names), population, p=chances[layers_drawn])
-        return [(names[i], rng.choice(int(sizes[i]), max(1, int(sizes[i]) // 100), replace=False)) for i in layers]
+        return [(names[i], one_percent(rng, sizes[i])) for i in layers]
 
     rates = {}
     for label, (options, layers_drawn) in CONFIGURATIONS.items():  # forced, not chosen by timing
@@ -113,7 +118,7 @@ def per_layer(name: str, repeats: int, samples: int | None, device: str) -> list
     scorer = Scorer(model, data, names, resolve_metric(None, model, f"zoo:{name}"), device=device)
     scorer.refresh(set(names))
     rng = np.random.default_rng(0)
-    candidates = {n: rng.choice(int(s), max(1, int(s) // 100), replace=False) for n, s in zip(names, sizes)}
+    candidates = {n: one_percent(rng, s) for n, s in zip(names, sizes)}
     for layer in names:  # untimed: builds each layer's session and its first-run memory
         scorer.score(layer, candidates[layer])
 

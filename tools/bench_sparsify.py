@@ -54,18 +54,19 @@ def run(name: str, sparsity: float, seed: int, limit: int | None, threads: int |
             yield _row(name, sparsity, label, compensate, result)
     if de_only:
         return
-    allocation = {layer: info["sparsity"] for layer, info in next(iter(de.values())).layers.items()}
+    if uniform:  # label suffix -> the baselines' targets
+        baselines = {" (each layer)": SearchConfig(**targets, seed=seed)}
+    else:
+        allocation = {layer: info["sparsity"] for layer, info in next(iter(de.values())).layers.items()}
+        baselines = {" (global)": SearchConfig(sparsity=sparsity, seed=seed),
+                     "@DE per-layer": SearchConfig(sparsity=sparsity, per_layer=allocation, seed=seed)}
+        if allocation_only:
+            del baselines[" (global)"]
     for method in ("magnitude", "wanda"):
         for compensate in (False, True):
-            for label, config in (
-                ((f"{method} (each layer)", SearchConfig(**targets, seed=seed)),) if uniform else (
-                    (f"{method} (global)", SearchConfig(sparsity=sparsity, seed=seed)),
-                    (f"{method}@DE per-layer", SearchConfig(sparsity=sparsity, per_layer=allocation, seed=seed)))
-            ):
-                if allocation_only and "(global)" in label:
-                    continue
+            for suffix, config in baselines.items():
                 result = sparsify(zoo, zoo, config=config, method=method, compensate=compensate, **options)
-                yield _row(name, sparsity, ", ".join([label, *shifted]), compensate, result)
+                yield _row(name, sparsity, ", ".join([method + suffix, *shifted]), compensate, result)
 
 
 def _row(name, sparsity, label, compensate, result) -> str:
