@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
+    except BrokenPipeError:  # the reader left (onnx-de inspect ... | head): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's final flush complains
+        return 141
     except Exception as e:  # noqa: BLE001 - the user gets one line, a developer the traceback on request
         if os.environ.get("ONNX_DE_DEBUG"):
             raise

@@ -61,6 +61,21 @@ def test_settings_are_chosen_on_calibration_and_the_front_is_monotone():
     assert [p.setting for p in front] == ["c", "e"]
 
 
+def test_each_peer_point_meets_the_smallest_onnx_de_point_no_more_divergent():
+    def point(method, name, size, evaluation, divergence):
+        return bench_peers.Point(method, name, size, size, evaluation, evaluation, 0.0, 0.0, divergence)
+
+    ours = [point("onnx-de", "small", 100, 0.94, 0.02), point("onnx-de", "mid", 200, 0.97, 0.004),
+            point("onnx-de", "old", 50, 0.99, None)]  # measured before divergences were recorded: left out
+    theirs = [point("nncodec", "coarse", 150, 0.96, 0.01), point("nncodec", "fine", 300, 0.99, 0.001),
+              point("nncodec", "poor", 90, 0.90, 0.05)]  # under 0.95: not compared
+    lines = bench_peers.divergence_lines(bench_peers.Results("m", 1000, "top1_agreement", {}, ours + theirs, {}))
+    rows = [line for line in lines if line.startswith("| nncodec")]
+    assert len(rows) == 2 and "KL" in lines[1]
+    assert "| mid | 200 |" in rows[0] and rows[0].endswith("1.33x larger |")  # coarse: 150 B at 0.01
+    assert "none as close" in rows[1]  # nothing of ours is as close as 0.001
+
+
 def test_onnx_de_allocations_join_the_grid_and_merge_keeps_earlier_points(tmp_path):
     tool = Path(__file__).resolve().parents[1] / "tools" / "bench_peers.py"
     common = [sys.executable, str(tool), "mnist-mlp", "--out", str(tmp_path), "--methods", "onnx-de",
@@ -74,3 +89,6 @@ def test_onnx_de_allocations_join_the_grid_and_merge_keeps_earlier_points(tmp_pa
     stored = json.loads((tmp_path / "mnist-mlp.json").read_text())  # both runs' commands and environments
     assert stored["command"].count("bench_peers.py") == 2 and stored["versions"].count("onnx-de ") == 2
     assert points[allocated[0]].calibration >= 0.99  # the allocation keeps its budget on calibration
+    lossless = points["lossless"]  # the fp32 file through `onnx-de encode`
+    assert lossless.calibration == lossless.evaluation == 1.0 and lossless.bytes < 0.95 * stored["fp32_bytes"]
+    assert lossless.divergence == 0 < points["s=0 codebook b=3"].divergence  # the evaluation split's KL

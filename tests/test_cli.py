@@ -47,6 +47,14 @@ def test_inspect_table_and_json():
     assert summary["prunable_parameters"] == 300 * 784 + 100 * 300
 
 
+def test_output_cut_short_by_its_reader_ends_quietly():
+    """``onnx-de inspect ... | head``: the reader closes the pipe (here before anything is written); no error."""
+    process = subprocess.Popen([sys.executable, "-m", "onnx_de", "inspect", "zoo:mnist-mlp"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "ONNX_DE_DEBUG": ""})
+    process.stdout.close()  # long before the command has imported onnxruntime and read the model
+    assert process.wait(timeout=600) == 141 and process.stderr.read() == ""
+
+
 def test_eval_of_a_model_against_itself_is_perfect_with_stable_keys():
     done = cli("eval", "zoo:mnist-mlp", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "--json")
     assert done.returncode == 0, done.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ import onnx_de
 from onnx_de import FormatError, UnsupportedVersionError
 from onnx_de.codec import frames, rans
 from onnx_de.codec.container import KIND_INDEX, read_sections, write_sections
+from onnx_de.codec.encoder import MIN_ELEMENTS, constant_tensor
 from onnx_de.codec.records import decode_record, encode_record, record_streams
 from onnx_de.export import export_quantized
 from onnx_de.quantizers import quantize_tensor
@@ -33,7 +35,8 @@ SETTINGS = [("codebook", {}), ("codebook", {"axis": 0}), ("uniform", {"axis": 0}
 
 
 def assert_same_model(original: onnx.ModelProto, restored: onnx.ModelProto) -> None:
-    """Every initializer equal bit for bit (same name, type, dims) and everything else identical."""
+    """Every initializer and every tensor of a Constant node equal bit for bit (same name, type, dims; the
+    data may be held in another field) and everything else identical."""
     a, b = onnx.ModelProto(), onnx.ModelProto()
     a.CopyFrom(original)
     b.CopyFrom(restored)
@@ -42,6 +45,14 @@ def assert_same_model(original: onnx.ModelProto, restored: onnx.ModelProto) -> N
         assert (x.data_type, list(x.dims)) == (y.data_type, list(y.dims)), x.name
         assert numpy_helper.to_array(x).tobytes() == numpy_helper.to_array(y).tobytes(), x.name
     del a.graph.initializer[:], b.graph.initializer[:]
+    assert len(a.graph.node) == len(b.graph.node)
+    for x, y in zip(a.graph.node, b.graph.node):
+        x, y = constant_tensor(x), constant_tensor(y)
+        if x is not None and y is not None:
+            assert numpy_helper.to_array(x).tobytes() == numpy_helper.to_array(y).tobytes(), x.name
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                x.ClearField(field)
+                y.ClearField(field)
     assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
 
 
@@ -102,6 +113,23 @@ def small_model() -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def small():
     model = small_model()
+    return model, onnx_de.encode(model)
+
+
+@pytest.fixture(scope="module")
+def with_constants():
+    """A model whose weight is the tensor of a Constant node (as in Paddle exports), beside a tensor Constant
+    too small for a record and a ``value_floats`` one; and its container."""
+    weight = np.random.default_rng(7).normal(size=(16, 8)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["b"], value_floats=[0.5] * 8),
+             helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(weight, "W")),
+             helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.full(8, 2, np.float32), "s")),
+             helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["a"]),
+             helper.make_node("Mul", ["a", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "constants", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
     return model, onnx_de.encode(model)
 
 
@@ -195,6 +223,27 @@ def test_tensors_of_one_value_round_trip_and_cost_no_symbol_bits():
     assert rans.encode(np.zeros(50, np.int64), certain[0]) == b""
     assert (rans.decode(b"", 50, certain[0]) == 0).all()
     assert (rans.decode(rans.encode(symbols, certain, models), 6, certain, models) == symbols).all()
+
+
+def test_weights_in_constant_nodes_are_coded_and_restored_bit_for_bit():
+    """Paddle exports keep their weights in Constant nodes: each big enough gets a record, as an initializer
+    would, and goes back into its node; the decoded model computes the same outputs."""
+    path = onnx_de.zoo_path("ppocr-cls")
+    original = onnx.load(path)
+    constants = [t for t in map(constant_tensor, original.graph.node)
+                 if t is not None and int(np.prod(t.dims)) >= MIN_ELEMENTS]
+    assert not original.graph.initializer and len(constants) > 50
+    payload = onnx_de.encode(path)
+    summary = onnx_de.inspect_container(payload)
+    assert len(summary["tensors"]) == len(constants)
+    assert summary["sections"]["graph"] < 0.1 * summary["bytes"]
+    assert len(payload) < 0.97 * len(frames.compress(Path(path).read_bytes()))  # the file through zstd -19
+    assert_same_model(original, onnx_de.decode(payload, dense=False))
+    assert_same_model(original, onnx_de.decode(payload))
+    x = onnx_de.load_data("zoo:ppocr-cls", onnx_de.open_model(original), limit=4).inputs["x"]
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for restored, got in zip(expected, onnx_de.InferenceSession(payload).run(None, {"x": x})):
+        np.testing.assert_array_equal(got, restored)
 
 
 def test_dense_float_models_round_trip_bit_exactly():
@@ -396,6 +445,25 @@ def test_malformed_index_records_are_format_errors(small):
             onnx_de.decode(with_index(payload, edit))
 
 
+def test_a_constant_record_must_name_its_own_constant_node(with_constants):
+    model, payload = with_constants
+    (record,) = onnx_de.inspect_container(payload)["tensors"]
+    assert record["name"] == "W"
+    x = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
+    np.testing.assert_array_equal(onnx_de.InferenceSession(payload).run(None, {"x": x})[0],
+                                  run_unoptimized(model, {"x": x})[0])
+    edits = {
+        "out of range": lambda i: i["tensors"][0].update(constant=99),
+        "not a tensor": lambda i: i["tensors"][0].update(constant=3),  # the MatMul
+        "name or dtype does not match": lambda i: i["tensors"][0].update(constant=2),  # the small Constant
+        "exactly one": lambda i: i["tensors"][0].update(initializer=0),
+        "exactly one of": lambda i: i["tensors"][0].pop("constant"),
+    }
+    for message, edit in edits.items():
+        with pytest.raises(FormatError, match=f"tensor record 0: .*{message}"):
+            onnx_de.decode(with_index(payload, edit))
+
+
 def test_fine_step_levels_code_their_tables_with_zstd_and_hostile_tables_are_refused():
     steps = np.round(np.random.default_rng(3).laplace(size=(64, 300)) * 80).astype(np.int16)  # ~900 levels
     record, streams = encode_record(steps)
@@ -433,10 +501,10 @@ def test_a_packed_mask_must_declare_exactly_its_size(small):
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                             HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_fuzzed_containers_raise_only_format_errors(small, data):
+def test_fuzzed_containers_raise_only_format_errors(small, with_constants, data):
     """Random damage to the raw bytes, and crafted damage behind valid checksums, in every section, of a
-    smallest and of a fast-decoding container."""
-    model, payload = small
+    smallest and of a fast-decoding container, and of one holding a Constant node's tensor."""
+    model, payload = data.draw(st.sampled_from([small, with_constants]))
     if data.draw(st.booleans()):
         payload = onnx_de.encode(model, fast_decode=True)
     sections = read_sections(payload)

@@ -8,8 +8,9 @@ are *chosen on the calibration split* (the smallest artifact whose calibration m
 Methods (all start from the same fp32 model, Constant-node weights folded into initializers, as onnx-de does;
 ratios are to the zoo's fp32 ``.onnx`` file):
 
-- ``onnx-de``: DE sparsity (with compensation) x bits x scheme (codebook or uniform levels, per tensor or per
-  channel, or model-wide steps), the ``.ode`` container (sparsity 0: quantization only); with ``--budgets``,
+- ``onnx-de``: the fp32 file through ``onnx-de encode`` (setting ``lossless``), and DE sparsity (with
+  compensation) x bits x scheme (codebook or uniform levels, per tensor or per channel, or model-wide steps),
+  the ``.ode`` container (sparsity 0: quantization only); with ``--budgets``,
   also bits allocated per layer within each calibration budget (setting ``auto@BUDGET``); with
   ``--entropy-weights``, also entropy-constrained codebooks at each weight (setting ``... ew=W``).
 - ``zstd-19``, ``zipnn``: lossless compression of the fp32 file.
@@ -97,6 +98,8 @@ class Point:
     evaluation: float
     encode_s: float
     decode_s: float
+    divergence: float | None = None  # evaluation split: KL for classifiers, else relative L2 (None: measured before
+    # the tool recorded it)
 
 
 @dataclass
@@ -157,7 +160,7 @@ class Case:
             result = fidelity(self.reference[split], outputs, self.spec, data.labels)
             scores[split] = result[result["primary"]]
         point = Point(method, setting, len(artifact), len(_zstd(artifact)), scores["calibration"],
-                      scores["evaluation"], encode_s, decode_s)
+                      scores["evaluation"], encode_s, decode_s, divergence(result))
         self.points = [p for p in self.points if (p.method, p.setting) != (method, setting)] + [point]
         print(f"  {method:<20} {setting:<24} {len(artifact):>10,} B  {self.fp32_bytes / len(artifact):7.1f}x  "
               f"cal {point.calibration:.4f}  eval {point.evaluation:.4f}", flush=True)
@@ -166,6 +169,11 @@ class Case:
     def results(self) -> Results:
         samples = {split: len(data) for split, data in self.splits.items()}
         return Results(self.name, self.fp32_bytes, self.spec.primary, samples, self.points, self.skipped)
+
+
+def divergence(result: dict) -> float:
+    """The continuous divergence of a fidelity result: its KL for a classifier, else its relative L2 error."""
+    return float(result["kl"] if "kl" in result else result["rel_l2"])
 
 
 def _zstd(payload: bytes) -> bytes:
@@ -189,9 +197,17 @@ def open_case(name: str, threads: int | None) -> Case:
 # ---------------------------------------------------------------- onnx-de
 
 
-def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_weights=(), augment: int = 0) -> None:
-    """onnx-de's points: DE with compensation to each sparsity, then each quantization setting; with ``augment``,
-    fitted on that many shifted copies of the calibration images too (settings labelled ``aug=K``)."""
+def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_weights=(), augment: int = 0,
+                layer_bits: dict[str, int] | None = None) -> None:
+    """onnx-de's points: the fp32 file encoded losslessly, then DE with compensation to each sparsity and each
+    quantization setting; with ``augment``, fitted on that many shifted copies of the calibration images too
+    (settings labelled ``aug=K``); ``layer_bits`` fixes the bits of the layers it names in every setting
+    (labelled ``NAME=BITS``)."""
+    started = time.perf_counter()
+    container = onnx_de.encode(zoo_path(case.name))  # what `onnx-de encode model.onnx` ships
+    encode_s, started = time.perf_counter() - started, time.perf_counter()
+    decoded = onnx_de.decode(container)
+    case.judge("onnx-de", "lossless", container, decoded, encode_s, time.perf_counter() - started)
     calibration = shifted_copies(case.splits["calibration"], augment)
     for level in sparsities:
         started = time.perf_counter()
@@ -212,7 +228,7 @@ def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_wei
             result = quantize(student, calibration, bits=width, budget=budget, scheme=scheme, teacher=case.teacher,
                               per_channel={"": None, "channel": True, "tensor": False}[granularity],
                               metric=case.spec, intra_op_threads=case.threads, inputs=inputs,
-                              entropy_weight=weight)
+                              entropy_weight=weight, layer_bits=layer_bits)
             container = onnx_de.encode(result.student)
             encode_s = searched + time.perf_counter() - started
             started = time.perf_counter()
@@ -220,6 +236,7 @@ def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_wei
             decode_s = time.perf_counter() - started
             setting = f"b={width}" if budget is None else f"auto@{budget:g} ({result.average_bits:.2f} b)"
             setting += f" ew={weight:g}" if weight else ""
+            setting += "".join(f" {name}={bits}" for name, bits in (layer_bits or {}).items())
             setting += f" aug={augment}" if augment else ""
             case.judge("onnx-de", f"s={level:g} {label} {setting}", container, decoded, encode_s, decode_s)
 
@@ -603,9 +620,36 @@ def tables(case: Results) -> str:
               f"(no onnx-de point as small or smaller at equal or better evaluation fidelity): {len(beaten)} of "
               f"{len(relevant)}"
               + (": " + "; ".join(beaten) if beaten else "") + "."]
+    lines += divergence_lines(case)
     if case.skipped:
         lines += ["", "Not run or failed: " + "; ".join(f"{k}: {v}" for k, v in case.skipped.items()) + "."]
     return "\n".join(lines)
+
+
+def divergence_lines(case: Results) -> list[str]:
+    """Each peer point at >= RELEVANT against the smallest onnx-de point whose evaluation divergence is no larger:
+    a continuous reading where the primary metric moves in coarse steps (64 crops: 1/64 each)."""
+    name = "KL" if case.metric == "top1_agreement" else "relative L2"  # what divergence() takes for the zoo metric
+    ours = [p for p in case.points if p.method == "onnx-de" and p.divergence is not None]
+    theirs = [p for p in case.points if p.method != "onnx-de" and p.divergence is not None and p.evaluation >= RELEVANT]
+    if not ours or not theirs:
+        return []
+    lines = ["", f"Read by divergence on the evaluation split ({name}; points measured before the tool recorded it "
+             f"are left out): each peer point at >= {RELEVANT} against the smallest onnx-de point with no larger "
+             f"{name}:", "",
+             f"| peer | setting | bytes | evaluation | {name} | onnx-de | bytes | evaluation | {name} | onnx-de |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    for p in sorted(theirs, key=lambda p: min(p.bytes, p.zstd_bytes)):
+        size = min(p.bytes, p.zstd_bytes)
+        match = min((q for q in ours if q.divergence <= p.divergence), key=lambda q: q.bytes, default=None)
+        if match is None:
+            lines.append(f"| {p.method} | {p.setting} | {size:,} | {p.evaluation:.4f} | {p.divergence:.3g} | "
+                         f"none as close | | | | |")
+            continue
+        lines.append(f"| {p.method} | {p.setting} | {size:,} | {p.evaluation:.4f} | {p.divergence:.3g} | "
+                     f"{match.setting} | {match.bytes:,} | {match.evaluation:.4f} | {match.divergence:.3g} | "
+                     f"{_smaller(size, match.bytes)} |")
+    return lines
 
 
 def _smaller(theirs: int, ours: int) -> str:
@@ -678,6 +722,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="", help="onnx-de's calibration budgets for bits per layer")
     parser.add_argument("--entropy-weights", default="",
                         help="onnx-de's entropy weights for codebooks (also run at 0; default: none)")
+    parser.add_argument("--layer-bits", default="", metavar="NAME=BITS,...",
+                        help="onnx-de: fixed bits for the layers named, in every setting (default: none)")
     parser.add_argument("--augment", type=int, default=0,
                         help="onnx-de: also fit on this many shifted copies of the calibration images (default 0)")
     parser.add_argument("--append", action="store_true",
@@ -701,6 +747,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
     floats = lambda text: [float(v) for v in text.split(",") if v]  # noqa: E731
+    layer_bits = {name: int(bits) for name, _, bits in (item.rpartition("=") for item in args.layer_bits.split(",")
+                                                         if item)}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()  # the steps run in a scratch directory
     print(header(args.models))
@@ -723,7 +771,7 @@ def main() -> None:
             steps = [
                 ("onnx-de", lambda: run_onnx_de(case, floats(args.sparsity), [int(b) for b in floats(args.bits)],
                                                   args.schemes.split(","), floats(args.budgets),
-                                                  floats(args.entropy_weights), args.augment)),
+                                                  floats(args.entropy_weights), args.augment, layer_bits)),
                 ("lossless", lambda: run_lossless(case, methods)),
                 ("ort", lambda: run_ort(case, methods, folder)),
                 ("pruned+int8", lambda: run_pruned_int8(case, folder, floats(args.prune), methods)),

@@ -23,12 +23,14 @@ from ..errors import FormatError, is_int
 from ..export import fold_values
 from . import frames, rans
 from .container import is_container, read_sections
+from .encoder import constant_tensor
 from .records import DTYPES, LEVEL_CODINGS, bit_view, check_record, decode_record, record_streams
 
 __all__ = ["DEFAULT_MAX_BYTES", "decode", "decode_arrays", "inspect_container", "read_container", "Container"]
 
 DEFAULT_MAX_BYTES = 1 << 31  # what a decoded model may occupy: ONNX's own 2 GiB protobuf limit
-_RECORD_KEYS = {"name", "initializer", "dtype", "shape", "mask", "fill", "values", "streams"}
+_RECORD_KEYS = {"name", "dtype", "shape", "mask", "values", "streams"}  # and one place: initializer or constant
+_PLACES = ("initializer", "constant")
 
 
 @dataclass
@@ -139,10 +141,16 @@ def decode(source: str | Path | bytes | memoryview, *, dense: bool = True,
 @_utf8_checked
 def decode_arrays(source: str | Path | bytes | memoryview, *, dense: bool = True,
                   max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """:func:`decode`, with the coded initializers (and folded weights) as arrays beside data-less stubs."""
+    """:func:`decode`, with the coded initializers (and folded weights) as arrays beside data-less stubs; coded
+    ``Constant`` tensors are back in their nodes."""
     container = read_container(source, max_bytes)
     proto = container.graph
-    arrays = {record["name"]: array for record, array, _ in container.tensors()}
+    arrays = {}
+    for record, array, _ in container.tensors():
+        if "constant" in record:  # back into its node: ONNX Runtime takes only initializers from outside
+            constant_tensor(proto.graph.node[record["constant"]]).raw_data = array.tobytes()
+        else:
+            arrays[record["name"]] = array
     if not dense:
         return proto, arrays
     graph = proto.graph
@@ -236,28 +244,33 @@ def _check_index(index, graph: onnx.ModelProto, sections: int, budget: int) -> l
     records = index["tensors"]
     if len(records) != sections:
         raise FormatError(f"index section: {len(records)} tensor records for {sections} tensor sections")
-    initializers = graph.graph.initializer
     seen, names = set(), set()
     for number, record in enumerate(records):
         try:
             if not isinstance(record, dict):
                 raise FormatError("not an object")
             keys = set(record)
-            if not keys <= _RECORD_KEYS or not (_RECORD_KEYS - {"fill"}) <= keys:
-                raise FormatError(f"unknown or missing fields {sorted(keys ^ _RECORD_KEYS)}")
-            position, dtype, shape = record["initializer"], record["dtype"], record["shape"]
-            if not (is_int(position) and 0 <= position < len(initializers)) or position in seen:
-                raise FormatError(f"initializer position {position!r} out of range or repeated")
-            seen.add(position)
+            places = [p for p in _PLACES if p in keys]
+            if len(places) != 1:
+                raise FormatError("a record needs exactly one of the fields initializer and constant")
+            place = places[0]
+            expected = _RECORD_KEYS | {place} | ({"fill"} & keys)
+            if keys != expected:
+                raise FormatError(f"unknown or missing fields {sorted(keys ^ expected)}")
+            position, dtype, shape = record[place], record["dtype"], record["shape"]
+            stub = _stub(graph.graph, place, position)
+            if stub is None or (place, position) in seen:
+                raise FormatError(f"{place} position {position!r} out of range, repeated or not a tensor")
+            seen.add((place, position))
             if record["name"] in names:
                 raise FormatError(f"tensor name {record['name']!r} repeated")
             names.add(record["name"])
-            stub = initializers[position]
-            if stub.name != record["name"] or dtype != stub.data_type or dtype not in DTYPES:
-                raise FormatError("name or dtype does not match the graph's initializer")
+            name = stub.name if place == "initializer" else graph.graph.node[position].output[0]
+            if name != record["name"] or dtype != stub.data_type or dtype not in DTYPES:
+                raise FormatError(f"name or dtype does not match the graph's {place}")
             if (not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape)
                     or shape != list(stub.dims)):
-                raise FormatError("shape does not match the graph's initializer")
+                raise FormatError(f"shape does not match the graph's {place}")
             size = DTYPES[dtype].itemsize
             for d in shape:
                 size *= d
@@ -274,3 +287,12 @@ def _check_index(index, graph: onnx.ModelProto, sections: int, budget: int) -> l
         except (KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"index section: tensor record {number}: malformed ({type(e).__name__})") from e
     return records
+
+
+def _stub(graph: onnx.GraphProto, place: str, position) -> onnx.TensorProto | None:
+    """The data-less tensor a record at ``position`` of ``place`` fills in; None where there is none."""
+    if place == "initializer":
+        return graph.initializer[position] if is_int(position) and 0 <= position < len(graph.initializer) else None
+    if not (is_int(position) and 0 <= position < len(graph.node)):
+        return None
+    return constant_tensor(graph.node[position])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -15,9 +16,9 @@ from . import frames
 from .container import KIND_GRAPH, KIND_INDEX, KIND_TENSOR, write_sections
 from .records import DTYPES, encode_record, record_streams
 
-__all__ = ["MIN_ELEMENTS", "encode"]
+__all__ = ["MIN_ELEMENTS", "encode", "constant_tensor"]
 
-MIN_ELEMENTS = 64  # smaller initializers stay in the graph section, where zstd codes them together
+MIN_ELEMENTS = 64  # smaller tensors stay in the graph section, where zstd codes them together
 _DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "external_data")
 
 
@@ -25,9 +26,10 @@ def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Pa
            fast_decode: bool = False) -> bytes:
     """Encode ``model`` into the container format of ``FORMAT.md``; every tensor is restored bit for bit.
 
-    Initializers of the main graph with at least 64 elements are coded one per section: masks and integer
-    symbols with rANS near their entropy, other values with zstd. A model written by :func:`onnx_de.quantize`
-    keeps its quantized form, and its pruned weights cost only their mask. The same model gives the same bytes.
+    Initializers of the main graph with at least 64 elements, and the tensors of its ``Constant`` nodes of that
+    size (where Paddle exports keep their weights), are coded one per section: masks and integer symbols with
+    rANS near their entropy, other values with zstd. A model written by :func:`onnx_de.quantize` keeps its
+    quantized form, and its pruned weights cost only their mask. The same model gives the same bytes.
 
     Args:
         model: an .onnx path (external data is read in), serialized bytes, a ModelProto or a :class:`Model`.
@@ -45,16 +47,16 @@ def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Pa
     graph = proto.graph
     fills = _dequantize_fills(graph)
     records, sections = [], []
-    for position, tensor in enumerate(graph.initializer):
+    for place, position, name, tensor in _stored_tensors(graph):
         if not _codable(tensor):
             continue
         array = numpy_helper.to_array(tensor)
-        fill, axis = fills.get(tensor.name, (None, None))
+        fill, axis = fills.get(name, (None, None)) if place == "initializer" else (None, None)
         coding, streams = encode_record(array, fill, axis, fast_decode=fast_decode)
-        record = {"name": tensor.name, "initializer": position, "dtype": int(tensor.data_type),
+        record = {"name": name, place: position, "dtype": int(tensor.data_type),
                   "shape": [int(d) for d in tensor.dims], **coding}
         order = record_streams(record)
-        record["streams"] = {name: len(streams[name]) for name in order}
+        record["streams"] = {stream: len(streams[stream]) for stream in order}
         records.append(record)
         sections.append((KIND_TENSOR, b"".join(streams[name] for name in order)))
         for field in _DATA_FIELDS:
@@ -69,8 +71,30 @@ def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Pa
     return payload
 
 
+def _stored_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, int, str, onnx.TensorProto]]:
+    """Where the main graph keeps tensors a record can hold: ``(place, position, name, tensor)`` for each
+    initializer (``"initializer"``, its position and name), then each ``Constant`` node holding one tensor
+    (``"constant"``, the node's position, its output's name, the ``value`` attribute's tensor)."""
+    for position, tensor in enumerate(graph.initializer):
+        yield "initializer", position, tensor.name, tensor
+    for position, node in enumerate(graph.node):
+        value = constant_tensor(node)
+        if value is not None:
+            yield "constant", position, node.output[0], value
+
+
+def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor of a ``Constant`` node whose one attribute is a tensor ``value`` and which has one output;
+    None for any other node."""
+    if (node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1
+            or len(node.attribute) != 1 or node.attribute[0].name != "value"
+            or node.attribute[0].type != onnx.AttributeProto.TENSOR):
+        return None
+    return node.attribute[0].t
+
+
 def _codable(tensor: onnx.TensorProto) -> bool:
-    """Whether an initializer gets a record of its own (a supported type, big enough, data in the model)."""
+    """Whether a tensor gets a record of its own (a supported type, big enough, data in the model)."""
     size = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
     external = tensor.data_location == onnx.TensorProto.EXTERNAL
     return tensor.data_type in DTYPES and size >= MIN_ELEMENTS and not external and not tensor.HasField("segment")
