@@ -464,6 +464,21 @@ def test_a_constant_record_must_name_its_own_constant_node(with_constants):
             onnx_de.decode(with_index(payload, edit))
 
 
+def test_a_graph_that_names_a_tensor_twice_still_round_trips():
+    """An invalid graph (two initializers, and a Constant node, named alike) is kept as it is: one tensor per
+    name gets a record, the others stay in the graph section, and the file decodes."""
+    tensors = [numpy_helper.from_array(np.full((16, 8), value, np.float32), name)
+               for value, name in ((1, "W"), (3, "V"), (4, "V"))]
+    constant = helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(np.full((16, 8), 2, np.float32)))
+    graph = helper.make_graph([constant, helper.make_node("MatMul", ["x", "W"], ["y"])], "twice",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
+    payload = onnx_de.encode(model)
+    assert [t["name"] for t in onnx_de.inspect_container(payload)["tensors"]] == ["W", "V"]
+    assert_same_model(model, onnx_de.decode(payload, dense=False))
+
+
 def test_fine_step_levels_code_their_tables_with_zstd_and_hostile_tables_are_refused():
     steps = np.round(np.random.default_rng(3).laplace(size=(64, 300)) * 80).astype(np.int16)  # ~900 levels
     record, streams = encode_record(steps)

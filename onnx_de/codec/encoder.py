@@ -74,13 +74,19 @@ def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Pa
 def _stored_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, int, str, onnx.TensorProto]]:
     """Where the main graph keeps tensors a record can hold: ``(place, position, name, tensor)`` for each
     initializer (``"initializer"``, its position and name), then each ``Constant`` node holding one tensor
-    (``"constant"``, the node's position, its output's name, the ``value`` attribute's tensor)."""
-    for position, tensor in enumerate(graph.initializer):
-        yield "initializer", position, tensor.name, tensor
+    (``"constant"``, the node's position, its output's name, the ``value`` attribute's tensor). A name given
+    twice (an invalid graph, which the encoder still keeps as it is) is yielded once: records name distinct
+    tensors, and the other stays in the graph section."""
+    places = [("initializer", position, tensor.name, tensor) for position, tensor in enumerate(graph.initializer)]
     for position, node in enumerate(graph.node):
         value = constant_tensor(node)
         if value is not None:
-            yield "constant", position, node.output[0], value
+            places.append(("constant", position, node.output[0], value))
+    names = set()
+    for place in places:
+        if place[2] not in names:
+            names.add(place[2])
+            yield place
 
 
 def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
