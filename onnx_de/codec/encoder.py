@@ -58,7 +58,7 @@ def encode(model: str | Path | bytes | onnx.ModelProto | Model, output: str | Pa
         order = record_streams(record)
         record["streams"] = {stream: len(streams[stream]) for stream in order}
         records.append(record)
-        sections.append((KIND_TENSOR, b"".join(streams[name] for name in order)))
+        sections.append((KIND_TENSOR, b"".join(streams[stream] for stream in order)))
         for field in _DATA_FIELDS:
             tensor.ClearField(field)
         tensor.ClearField("data_location")
