@@ -123,10 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(qz, default_split="calibration")
     qz.add_argument("-o", "--output", type=Path, required=True, help="the .onnx with quantized initializers")
     qz.add_argument("--bits", type=_parse_bits, default="auto",
-                    help="1 to 8 (step: 1 to 14), or auto (default; needs --budget)")
+                    help="1 to 8 (step: 1 to 14), or auto (default; needs --budget or --max-divergence)")
     _add_layer_bits(qz)
-    qz.add_argument("--budget", type=float, metavar="MIN",
-                    help="with --bits auto: the lowest primary fidelity metric on the calibration data")
+    target = qz.add_mutually_exclusive_group()
+    target.add_argument("--budget", type=float, metavar="MIN",
+                        help="with --bits auto: the lowest primary fidelity metric on the calibration data")
+    target.add_argument("--max-divergence", type=float, metavar="MAX",
+                        help="with --bits auto, instead of a budget: the highest divergence from the teacher on the "
+                             "calibration data (KL for class logits, binary KL for sigmoid maps, normalised "
+                             "squared error otherwise), e.g. 0.001; finer than a budget on a few dozen samples")
     qz.add_argument("--scheme", choices=SCHEMES, default="codebook", help="levels (default %(default)s)")
     qz.add_argument("--entropy-weight", type=float, default=0.0, metavar="W",
                     help="codebooks: trade error for code length in the level fit, e.g. 0.03 (default 0: plain "
@@ -523,7 +528,8 @@ def _parse_bits(text: str) -> int | str:
 def _quantize(args: argparse.Namespace) -> int:
     selection = WeightSelection(tuple(args.include), tuple(args.exclude), args.min_size)
     data, eval_data = _datasets(args)
-    result = quantize(args.model, data, bits=args.bits, budget=args.budget, scheme=args.scheme,
+    result = quantize(args.model, data, bits=args.bits, budget=args.budget, max_divergence=args.max_divergence,
+                      scheme=args.scheme,
                       symmetric=not args.asymmetric, per_channel=args.per_channel, weighted=not args.unweighted,
                       teacher=args.teacher, selection=selection, eval_data=eval_data, output=args.output,
                       calibration_samples=args.limit, intra_op_threads=args.threads,
@@ -535,6 +541,9 @@ def _quantize(args: argparse.Namespace) -> int:
         return 0
     print(f"wrote {args.output}: {result.scheme}, {result.average_bits:.2f} bits per surviving weight "
           f"in {result.seconds:.1f} s")
+    if result.calibration_divergence is not None:
+        print(f"  on the calibration data: primary metric {result.calibration_metric:.4f}, divergence "
+              f"{result.calibration_divergence:.4g}")
     for name, layer in result.layers.items():
         print(f"  {name:<40} {layer['bits']} bits, {layer['survivors']:,} of {layer['size']:,} weights")
     if result.rounded_parameter_values:

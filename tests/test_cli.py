@@ -117,6 +117,17 @@ def test_quantize_writes_a_model_with_integer_weights(tmp_path):
     assert json.loads(nearest.stdout)["rounded_parameter_values"] == 0
 
 
+def test_quantize_allocates_bits_within_a_divergence_cap(tmp_path):
+    common = ["quantize", "zoo:mnist-mlp", "--data", "zoo:mnist-mlp", "-o", str(tmp_path / "q.onnx")]
+    done = cli(*common, "--max-divergence", "0.002", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["settings"]["max_divergence"] == 0.002 and result["calibration_divergence"] <= 0.002
+    assert "divergence" in cli(*common, "--max-divergence", "0.002").stdout
+    assert_one_line_error(cli(*common, "--max-divergence", "0"), "must be a number > 0")
+    assert cli(*common, "--max-divergence", "0.002", "--budget", "0.98").returncode == 2  # one or the other
+
+
 def test_sparsify_reads_image_folders_with_the_preprocessing_given(tmp_path):
     from PIL import Image
 

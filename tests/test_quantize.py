@@ -418,3 +418,28 @@ def test_quantize_rounds_the_parameters_it_leaves_to_float16_precision_and_the_c
 def test_auto_bits_without_a_budget_is_a_config_error():
     with pytest.raises(ConfigError, match="automatic bits need a fidelity budget"):
         quantize("zoo:mnist-mlp", "zoo:mnist-mlp", bits="auto")
+
+
+def test_automatic_bits_within_a_divergence_cap_keep_it_and_a_tighter_cap_costs_bits():
+    results = {cap: quantize("zoo:mnist-mlp", "zoo:mnist-mlp", bits="auto", max_divergence=cap)
+               for cap in (0.02, 0.002)}
+    for cap, result in results.items():
+        assert result.calibration_divergence <= cap and result.settings["max_divergence"] == cap
+        calibration = onnx_de.load_data("zoo:mnist-mlp", result.student, split="calibration")
+        measured = onnx_de.evaluate("zoo:mnist-mlp", result.student, calibration)  # the same KL, independently
+        assert measured["kl"] == pytest.approx(result.calibration_divergence, rel=1e-4)
+        assert measured["top1_agreement"] == result.calibration_metric
+    assert results[0.002].average_bits > results[0.02].average_bits  # measured 4.00 and 3.00
+    assert results[0.002].fidelity["kl"] < results[0.02].fidelity["kl"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"budget": 0.98, "max_divergence": 0.01}, "give one of them"),
+    ({"bits": 4, "max_divergence": 0.01}, "give one of them"),
+    ({"max_divergence": 0.0}, "must be a number > 0"),
+    ({"max_divergence": float("nan")}, "must be a number > 0"),
+    ({"max_divergence": True}, "must be a number > 0"),
+])
+def test_a_divergence_cap_needs_auto_bits_no_budget_and_a_positive_number(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        quantize("zoo:mnist-mlp", "zoo:mnist-mlp", **{"bits": "auto", **settings})

@@ -11,7 +11,8 @@ ratios are to the zoo's fp32 ``.onnx`` file):
 - ``onnx-de``: the fp32 file through ``onnx-de encode`` (setting ``lossless``), and DE sparsity (with
   compensation) x bits x scheme (codebook or uniform levels, per tensor or per channel, or model-wide steps),
   the ``.ode`` container (sparsity 0: quantization only); with ``--budgets``,
-  also bits allocated per layer within each calibration budget (setting ``auto@BUDGET``); with
+  also bits allocated per layer within each calibration budget (setting ``auto@BUDGET``), with
+  ``--max-divergences`` within each cap on the calibration divergence (``auto<=CAP``); with
   ``--entropy-weights``, also entropy-constrained codebooks at each weight (setting ``... ew=W``).
 - ``zstd-19``, ``zipnn``: lossless compression of the fp32 file.
 - ``ort-dynamic``: ONNX Runtime ``quantize_dynamic`` int8 weights, per tensor / per channel.
@@ -198,11 +199,11 @@ def open_case(name: str, threads: int | None) -> Case:
 
 
 def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_weights=(), augment: int = 0,
-                layer_bits: dict[str, int] | None = None) -> None:
+                layer_bits: dict[str, int] | None = None, max_divergences=()) -> None:
     """onnx-de's points: the fp32 file encoded losslessly, then DE with compensation to each sparsity and each
     quantization setting; with ``augment``, fitted on that many shifted copies of the calibration images too
     (settings labelled ``aug=K``); ``layer_bits`` fixes the bits of the layers it names in every setting
-    (labelled ``NAME=BITS``)."""
+    (labelled ``NAME=BITS``); ``max_divergences``: bits per layer within each divergence cap (``auto<=CAP``)."""
     started = time.perf_counter()
     container = onnx_de.encode(zoo_path(case.name))  # what `onnx-de encode model.onnx` ships
     encode_s, started = time.perf_counter() - started, time.perf_counter()
@@ -218,14 +219,16 @@ def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_wei
             student = case.teacher
         searched = time.perf_counter() - started
         inputs = weight_inputs(student, calibration, case.threads)
-        settings = [(label, width, None, 0.0) for label in schemes for width in widths]
-        settings += [(label, "auto", budget, 0.0) for label in schemes for budget in budgets]
-        settings += [(label, width, None, weight) for label in schemes if label.startswith("codebook")
+        settings = [(label, width, None, 0.0, None) for label in schemes for width in widths]
+        settings += [(label, "auto", budget, 0.0, None) for label in schemes for budget in budgets]
+        settings += [(label, "auto", None, 0.0, cap) for label in schemes for cap in max_divergences]
+        settings += [(label, width, None, weight, None) for label in schemes if label.startswith("codebook")
                      for width in widths for weight in entropy_weights if weight]
-        for label, width, budget, weight in settings:
+        for label, width, budget, weight, cap in settings:
             scheme, _, granularity = label.partition("-")  # codebook, uniform; -channel or -tensor
             started = time.perf_counter()
-            result = quantize(student, calibration, bits=width, budget=budget, scheme=scheme, teacher=case.teacher,
+            result = quantize(student, calibration, bits=width, budget=budget, max_divergence=cap, scheme=scheme,
+                              teacher=case.teacher,
                               per_channel={"": None, "channel": True, "tensor": False}[granularity],
                               metric=case.spec, intra_op_threads=case.threads, inputs=inputs,
                               entropy_weight=weight, layer_bits=layer_bits)
@@ -234,7 +237,9 @@ def run_onnx_de(case: Case, sparsities, widths, schemes, budgets=(), entropy_wei
             started = time.perf_counter()
             decoded = onnx_de.decode(container)
             decode_s = time.perf_counter() - started
-            setting = f"b={width}" if budget is None else f"auto@{budget:g} ({result.average_bits:.2f} b)"
+            setting = (f"b={width}" if width != "auto" else f"auto@{budget:g}" if budget is not None
+                       else f"auto<={cap:g}")
+            setting += f" ({result.average_bits:.2f} b)" if width == "auto" else ""
             setting += f" ew={weight:g}" if weight else ""
             setting += "".join(f" {name}={bits}" for name, bits in (layer_bits or {}).items())
             setting += f" aug={augment}" if augment else ""
@@ -722,6 +727,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="", help="onnx-de's calibration budgets for bits per layer")
     parser.add_argument("--entropy-weights", default="",
                         help="onnx-de's entropy weights for codebooks (also run at 0; default: none)")
+    parser.add_argument("--max-divergences", default="", metavar="CAP,...",
+                        help="onnx-de's divergence caps for bits per layer (instead of a budget; default: none)")
     parser.add_argument("--layer-bits", default="", metavar="NAME=BITS,...",
                         help="onnx-de: fixed bits for the layers named, in every setting (default: none)")
     parser.add_argument("--augment", type=int, default=0,
@@ -771,7 +778,8 @@ def main() -> None:
             steps = [
                 ("onnx-de", lambda: run_onnx_de(case, floats(args.sparsity), [int(b) for b in floats(args.bits)],
                                                   args.schemes.split(","), floats(args.budgets),
-                                                  floats(args.entropy_weights), args.augment, layer_bits)),
+                                                  floats(args.entropy_weights), args.augment, layer_bits,
+                                                  floats(args.max_divergences))),
                 ("lossless", lambda: run_lossless(case, methods)),
                 ("ort", lambda: run_ort(case, methods, folder)),
                 ("pruned+int8", lambda: run_pruned_int8(case, folder, floats(args.prune), methods)),
