@@ -215,7 +215,7 @@ def quantize(
                 scorer.weights[name][...] = q.dequantize()
             value = target.measure(scorer)
             if target.kept(value, fallback=calibration_value):
-                chosen_levels, calibration_value = fed, value
+                chosen_levels = fed
         for name, q in chosen_levels.items():
             scorer.weights[name][...] = q.dequantize()
         outputs = scorer.student_outputs()
@@ -235,10 +235,10 @@ def quantize(
                "levels": int(q.codebook.shape[-1]) if q.codebook is not None else 2**q.bits}
         for name, q in chosen_levels.items()
     }
-    settings = {"bits": bits, "budget": budget, "max_divergence": max_divergence, "symmetric": symmetric, "per_channel": per_channel,
-                "entropy_weight": entropy_weight, "rounding": rounding, "mantissa_bits": mantissa_bits,
-                "weighted": weighted, "layer_bits": dict(layer_bits or {}), "augment": augment,
-                "augment_shift": augment_shift}
+    settings = {"bits": bits, "budget": budget, "max_divergence": max_divergence, "symmetric": symmetric,
+                "per_channel": per_channel, "entropy_weight": entropy_weight, "rounding": rounding,
+                "mantissa_bits": mantissa_bits, "weighted": weighted, "layer_bits": dict(layer_bits or {}),
+                "augment": augment, "augment_shift": augment_shift}
     return QuantizeResult(
         student=student, quantized=chosen_levels, scheme=scheme, layers=layers,
         average_bits=float(sum(q.bits * q.survivors for q in chosen_levels.values()) / max(survivors, 1)),
