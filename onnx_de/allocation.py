@@ -33,9 +33,8 @@ class Target:
     budget: float | None = None
     max_divergence: float | None = None
 
-    def measure(self, scorer: Scorer) -> float:
-        """The student's (current weights') primary metric, or its divergence, on the calibration data."""
-        outputs = scorer.student_outputs()
+    def value(self, scorer: Scorer, outputs: list) -> float:
+        """The primary metric, or the divergence, of student ``outputs`` on the calibration data."""
         return scorer.primary_metric(outputs) if self.max_divergence is None else scorer.divergence(outputs)
 
     def kept(self, value: float, fallback: float | None = None) -> bool:
@@ -97,7 +96,7 @@ def search_bits(scorer: Scorer, options: dict[str, dict[int, QuantizedTensor]],
     def metric(bits: dict[str, int]) -> float:
         for name, b in bits.items():
             scorer.weights[name][...] = options[name][b].dequantize()
-        value = target.measure(scorer)
+        value = target.value(scorer, scorer.student_outputs())
         for name, weight in original.items():
             scorer.weights[name][...] = weight
         return value

@@ -209,16 +209,21 @@ def quantize(
         target = Target(budget, max_divergence)
         chosen, calibration_value = search_bits(scorer, by_layer, target)
         chosen_levels = {name: by_layer[name][width] for name, width in chosen.items()}
+
+        def run(levels: dict[str, QuantizedTensor]) -> list:
+            """The student's outputs on the calibration data with ``levels``."""
+            for name, q in levels.items():
+                scorer.weights[name][...] = q.dequantize()
+            return scorer.student_outputs()
+
+        outputs = None
         if feedback:
             fed = {w.name: rounded(w, chosen_levels[w.name]) for w in weights}
-            for name, q in fed.items():
-                scorer.weights[name][...] = q.dequantize()
-            value = target.measure(scorer)
-            if target.kept(value, fallback=calibration_value):
-                chosen_levels = fed
-        for name, q in chosen_levels.items():
-            scorer.weights[name][...] = q.dequantize()
-        outputs = scorer.student_outputs()
+            fed_outputs = run(fed)
+            if target.kept(target.value(scorer, fed_outputs), fallback=calibration_value):
+                chosen_levels, outputs = fed, fed_outputs
+        if outputs is None:
+            outputs = run(chosen_levels)
         calibration_metric, calibration_divergence = scorer.primary_metric(outputs), scorer.divergence(outputs)
     else:
         chosen_levels = {w.name: rounded(w, nearest(w, fixed[w.name] or bits)) for w in weights}

@@ -258,14 +258,14 @@ def _check_index(index, graph: onnx.ModelProto, sections: int, budget: int) -> l
             if keys != expected:
                 raise FormatError(f"unknown or missing fields {sorted(keys ^ expected)}")
             position, dtype, shape = record[place], record["dtype"], record["shape"]
-            stub = _stub(graph.graph, place, position)
-            if stub is None or (place, position) in seen:
+            found = _stub(graph.graph, place, position)
+            if found is None or (place, position) in seen:
                 raise FormatError(f"{place} position {position!r} out of range, repeated or not a tensor")
             seen.add((place, position))
             if record["name"] in names:
                 raise FormatError(f"tensor name {record['name']!r} repeated")
             names.add(record["name"])
-            name = stub.name if place == "initializer" else graph.graph.node[position].output[0]
+            name, stub = found
             if name != record["name"] or dtype != stub.data_type or dtype not in DTYPES:
                 raise FormatError(f"name or dtype does not match the graph's {place}")
             if (not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape)
@@ -289,10 +289,12 @@ def _check_index(index, graph: onnx.ModelProto, sections: int, budget: int) -> l
     return records
 
 
-def _stub(graph: onnx.GraphProto, place: str, position) -> onnx.TensorProto | None:
-    """The data-less tensor a record at ``position`` of ``place`` fills in; None where there is none."""
-    if place == "initializer":
-        return graph.initializer[position] if is_int(position) and 0 <= position < len(graph.initializer) else None
-    if not (is_int(position) and 0 <= position < len(graph.node)):
+def _stub(graph: onnx.GraphProto, place: str, position) -> tuple[str, onnx.TensorProto] | None:
+    """The name and data-less tensor a record at ``position`` of ``place`` fills in; None where there is none."""
+    entries = graph.initializer if place == "initializer" else graph.node
+    if not (is_int(position) and 0 <= position < len(entries)):
         return None
-    return constant_tensor(graph.node[position])
+    if place == "initializer":
+        return entries[position].name, entries[position]
+    tensor = constant_tensor(entries[position])
+    return None if tensor is None else (entries[position].output[0], tensor)
